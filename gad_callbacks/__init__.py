@@ -1,0 +1,55 @@
+"""gad_callbacks: is your teacher's distillation signal helping? Gradient alignment between each teacher's
+distillation gradient and the ideal gradient estimated by targeted rollouts (see METHOD.md in the docs)."""
+
+from .diagnosis import (
+    Diagnosis,
+    DiagnosisConfig,
+    Node,
+    NodeDiagnosis,
+    RolloutAlignment,
+    TeacherAlignment,
+    TeacherLoss,
+    diagnose_node,
+    diagnose_nodes,
+)
+from .engine.rollouts import RolloutRequest, estimate_success, rollout_requests
+from .engine.verifiers import NumericAnswerReward, extract_final_number, reward_function_score
+from .engine.vjp import parameter_cosines, parameter_gram
+from .method.directions import distillation_direction, distillation_loss, ideal_direction, oracle_teacher_logits
+from .method.nodes import candidate_set, entropy, select_nodes
+from .method.stats import Summary, paired_difference, summarize
+from .method.success import SuccessEstimate
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Diagnosis",
+    "DiagnosisConfig",
+    "Node",
+    "NodeDiagnosis",
+    "NumericAnswerReward",
+    "RolloutAlignment",
+    "RolloutRequest",
+    "SuccessEstimate",
+    "Summary",
+    "TeacherAlignment",
+    "TeacherLoss",
+    "candidate_set",
+    "diagnose_node",
+    "diagnose_nodes",
+    "distillation_direction",
+    "distillation_loss",
+    "entropy",
+    "estimate_success",
+    "extract_final_number",
+    "ideal_direction",
+    "oracle_teacher_logits",
+    "paired_difference",
+    "parameter_cosines",
+    "parameter_gram",
+    "reward_function_score",
+    "rollout_requests",
+    "select_nodes",
+    "summarize",
+]

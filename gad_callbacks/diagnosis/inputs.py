@@ -1,0 +1,155 @@
+"""What a diagnostic pass takes: each teacher's loss definition, the knobs, and the nodes."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..method.directions import LOSSES, distillation_direction
+from ..method.success import SuccessEstimate
+
+
+@dataclass
+class TeacherLoss:
+    """
+    How a teacher's per-token distillation loss is defined (read off the host trainer's arguments).
+
+    Args:
+        loss (`str`, *optional*, defaults to `"reverse_kl"`):
+            `"reverse_kl"`, `"forward_kl"`, `"jsd"` or `"sampled_token"`.
+        beta (`float`, *optional*):
+            TRL's `beta` for `"jsd"` (0 forward KL, 1 reverse KL).
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the loss (divides both logit vectors).
+        top_k (`int`, *optional*):
+            Student top-k support (SDFT `topk_logits`).
+        add_tail (`bool`, *optional*, defaults to `False`):
+            Tail bucket with `top_k`.
+    """
+
+    loss: str = "reverse_kl"
+    beta: float | None = None
+    temperature: float = 1.0
+    top_k: int | None = None
+    add_tail: bool = False
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}; expected one of {LOSSES}.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+
+    def direction(self, student_logits, teacher_logits, sampled_token=None) -> torch.Tensor:
+        return distillation_direction(
+            student_logits,
+            teacher_logits,
+            self.loss,
+            beta=self.beta,
+            temperature=self.temperature,
+            sampled_token=sampled_token,
+            top_k=self.top_k,
+            add_tail=self.add_tail,
+        )
+
+
+@dataclass
+class DiagnosisConfig:
+    """
+    Knobs of one diagnostic pass.
+
+    Args:
+        num_rollouts (`int`, *optional*, defaults to `8`):
+            Targeted rollouts per candidate token.
+        max_new_tokens (`int`, *optional*, defaults to `256`):
+            Tokens sampled after a forced candidate, at most.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Student sampling temperature (of the rollouts and of `p`).
+        mass (`float`, *optional*, defaults to `0.95`):
+            Student probability mass the candidate set covers.
+        max_candidates (`int`, *optional*, defaults to `8`):
+            Cap on the student's own candidates.
+        teacher_top (`int`, *optional*, defaults to `1`):
+            Top tokens of each teacher added to the candidates.
+        params (`str`, *optional*, defaults to `"trainable"`):
+            Parameter space: `"trainable"` or `"all"`.
+        max_vectors (`int`, *optional*, defaults to `256`):
+            Most parameter-space vectors per backward pass (memory bound: this many copies of one block's parameters).
+        sketch_dim (`int`, *optional*):
+            CountSketch dimension replacing exact inner products (very large parameter sets).
+        num_bootstrap (`int`, *optional*, defaults to `200`):
+            Bootstrap replicates (rollouts resampled within candidates) for the per-node intervals.
+        confidence (`float`, *optional*, defaults to `0.95`):
+            Interval level.
+        zero_tol (`float`, *optional*, defaults to `1e-6`):
+            A teacher direction whose largest entry is below this is zero (teacher = student at the node): its
+            cosines are undefined. Float32 rounding of probabilities is ~1e-7, below this.
+        max_batch_rows (`int`, *optional*, defaults to `512`):
+            Most continuations decoded in one batch.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the rollout and bootstrap generators (the global RNG is never used).
+    """
+
+    num_rollouts: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    mass: float = 0.95
+    max_candidates: int = 8
+    teacher_top: int = 1
+    params: str = "trainable"
+    max_vectors: int = 256
+    sketch_dim: int | None = None
+    num_bootstrap: int = 200
+    confidence: float = 0.95
+    zero_tol: float = 1e-6
+    max_batch_rows: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {
+            "num_rollouts": self.num_rollouts >= 1,
+            "max_new_tokens": self.max_new_tokens >= 0,
+            "temperature": self.temperature > 0,
+            "mass": 0 < self.mass <= 1,
+            "max_candidates": self.max_candidates >= 1,
+            "teacher_top": self.teacher_top >= 0,
+            "params": self.params in ("trainable", "all"),
+            "max_vectors": self.max_vectors >= 1,
+            "sketch_dim": self.sketch_dim is None or self.sketch_dim >= 1,
+            "num_bootstrap": self.num_bootstrap >= 0,
+            "confidence": 0 < self.confidence < 1,
+            "zero_tol": self.zero_tol >= 0,
+            "max_batch_rows": self.max_batch_rows >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                f"Invalid DiagnosisConfig value(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}."
+            )
+
+
+@dataclass
+class Node:
+    """
+    A node to diagnose: the first `prefix_len` tokens of `sequences[sequence]` precede it.
+
+    Args:
+        sequence (`int`):
+            Index of the rollout (prompt + completion token ids) in the `sequences` passed alongside.
+        prefix_len (`int`):
+            Tokens before the node; the student's logits at position `prefix_len - 1` are its next-token logits.
+        teacher_logits (`dict[str, torch.Tensor]`):
+            Each teacher's logits at the node, `[V]`, already re-mapped to this student position.
+        score (`Callable`):
+            Verifier of continuations (see [`estimate_success`]).
+        sampled_token (`int`, *optional*):
+            The token the student emitted at the node; read from the sequence when it is long enough.
+        success (`SuccessEstimate`, *optional*):
+            Known success estimates (skip the rollouts; its candidates are used as `K(u)`).
+    """
+
+    sequence: int
+    prefix_len: int
+    teacher_logits: dict[str, torch.Tensor]
+    score: Callable | None = None
+    sampled_token: int | None = None
+    success: SuccessEstimate | None = None

@@ -1,0 +1,80 @@
+"""Running a Hugging Face causal LM (plain or PEFT) without disturbing it.
+
+The diagnostic runs inside someone else's training run, so every entry point here leaves the model as it found it:
+train/eval flags of every sub-module, `requires_grad` flags and `.grad` are restored, and no global RNG is consumed
+(sampling uses an explicit `torch.Generator`; eval mode turns dropout off, which is also what makes targeted rollouts
+follow the student's actual policy).
+"""
+
+import contextlib
+import inspect
+
+import torch
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The underlying `PreTrainedModel` of a PEFT model (the model itself otherwise)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """Name of the KV-cache argument of the model's forward (`cache` in recent transformers, else `past_key_values`)."""
+    params = inspect.signature(base_model(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(outputs):
+    """The KV cache returned by a forward, whatever transformers calls it."""
+    cache = outputs.get("cache", None)
+    return outputs.get("past_key_values", None) if cache is None else cache
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Put every sub-module in eval mode, then restore each one's own flag (not just the root's)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, was_training in flags:
+            module.training = was_training
+
+
+@contextlib.contextmanager
+def grad_enabled_on(params: list[torch.nn.Parameter]):
+    """Temporarily make `params` require grad (for parameter spaces wider than what is trainable), then restore."""
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield params
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def select_parameters(model: torch.nn.Module, params) -> list[torch.nn.Parameter]:
+    """
+    The parameter space of the diagnostic: `"trainable"` (what `requires_grad` selects: the LoRA adapters under PEFT,
+    every weight in full fine-tuning), `"all"` (every weight, frozen ones included), or an explicit list of parameters.
+    Tied weights appear once.
+    """
+    if params == "trainable":
+        chosen = [p for p in model.parameters() if p.requires_grad]
+    elif params == "all":
+        chosen = list(model.parameters())
+    elif isinstance(params, str):
+        raise ValueError(f"params must be 'trainable', 'all' or a list of parameters, got {params!r}.")
+    else:
+        chosen = list(params)
+    if not chosen:
+        raise ValueError(
+            "The parameter space is empty: no parameter requires grad. Pass params='all' or a list of parameters."
+        )
+    return chosen

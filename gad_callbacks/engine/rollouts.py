@@ -1,0 +1,324 @@
+"""Targeted rollouts: force each candidate token at a node, let the student finish, score the continuations.
+
+Cost is what decides whether the diagnostic can stay on during training, so the decoding is organised around three
+facts:
+- every continuation of a node shares the node's prefix, and every node of one rollout shares the rollout's prefix:
+  one forward over a rollout yields the KV cache of all its nodes (causal attention: the keys at position `i` do not
+  depend on later tokens), so a prefix is never recomputed;
+- all candidates x rollouts of many nodes decode together, one batched step per token; prefixes of different lengths
+  are left-padded (masked) so that new tokens land at the same cache index;
+- a continuation that has emitted EOS leaves the batch (rows are compacted once enough of them are done).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from ..method.directions import check_candidates
+from ..method.success import SuccessEstimate
+from .model_io import cache_keyword, eval_mode, model_device, output_cache
+
+
+Score = Callable[[list[list[int]]], Sequence[float]]
+
+
+@dataclass
+class RolloutRequest:
+    """
+    One node to roll out: the first `prefix_len` tokens of `sequences[sequence]` are the node's prefix `(x, y_<t)`.
+
+    Args:
+        sequence (`int`):
+            Index of the full token sequence (prompt + completion) this node belongs to.
+        prefix_len (`int`):
+            Number of tokens before the node.
+        candidates (`torch.Tensor`):
+            Candidate tokens to force, `[K]`.
+        score (`Callable`):
+            `score(continuations) -> list[float]`, each continuation the token ids after the prefix (forced candidate
+            first, EOS included if produced).
+    """
+
+    sequence: int
+    prefix_len: int
+    candidates: torch.Tensor
+    score: Score
+
+
+def _prefix_caches(model, sequences, requests):
+    """One forward per distinct rollout, up to its longest requested prefix; per-layer (keys, values) at batch 1."""
+    device = model_device(model)
+    needed = {}
+    for r in requests:
+        needed[r.sequence] = max(needed.get(r.sequence, 0), r.prefix_len)
+    caches = {}
+    for seq_idx, length in needed.items():
+        ids = sequences[seq_idx][:length].to(device).unsqueeze(0)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = output_cache(out)
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise ValueError(
+                "Targeted rollouts need a full-attention KV cache; this model's cache has sliding-window or other "
+                "special layers, which cannot be cropped to a node's prefix. Use a model without sliding-window "
+                "attention (e.g. use_sliding_window=False)."
+            )
+        caches[seq_idx] = [(layer.keys, layer.values) for layer in cache.layers]
+    return caches
+
+
+def _chunk_requests(rows_per_request, max_batch_rows):
+    """Consecutive requests grouped so that a group decodes at most `max_batch_rows` rows (at least one request)."""
+    chunk, rows = [], 0
+    for i, n in enumerate(rows_per_request):
+        if chunk and rows + n > max_batch_rows:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(i)
+        rows += n
+    if chunk:
+        yield chunk
+
+
+def _build_batch_cache(chunk_requests, caches, first_tokens_finished):
+    """Left-padded, row-expanded KV cache for a chunk of requests; rows already finished (EOS forced) are left out."""
+    max_len = max(r.prefix_len for r in chunk_requests)
+    num_layers = len(next(iter(caches.values())))
+    per_layer_k, per_layer_v, masks = [[] for _ in range(num_layers)], [[] for _ in range(num_layers)], []
+    for r, finished in zip(chunk_requests, first_tokens_finished, strict=True):
+        rows = int((~finished).sum())
+        if rows == 0:
+            continue
+        pad = max_len - r.prefix_len
+        for li, (k, v) in enumerate(caches[r.sequence]):
+            k, v = k[:, :, : r.prefix_len], v[:, :, : r.prefix_len]
+            if pad:
+                k = torch.nn.functional.pad(k, (0, 0, pad, 0))
+                v = torch.nn.functional.pad(v, (0, 0, pad, 0))
+            per_layer_k[li].append(k.expand(rows, -1, -1, -1))
+            per_layer_v[li].append(v.expand(rows, -1, -1, -1))
+        mask = torch.ones(max_len, dtype=torch.long, device=k.device)
+        mask[:pad] = 0
+        masks.append(mask.expand(rows, -1))
+    if not masks:
+        return None, None
+    layers = [(torch.cat(ks), torch.cat(vs)) for ks, vs in zip(per_layer_k, per_layer_v, strict=True)]
+    return DynamicCache(ddp_cache_data=layers), torch.cat(masks)
+
+
+def _is_eos(tokens: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
+    if eos_ids.numel() == 0:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    return torch.isin(tokens, eos_ids)
+
+
+@torch.no_grad()
+def _decode_chunk(model, keyword, cache, mask, first, positions, max_new_tokens, temperature, eos_ids, generator):
+    """Sample up to `max_new_tokens` tokens after each row's forced first token; returns `[R, max_new_tokens]`."""
+    rows = first.shape[0]
+    out_tokens = torch.full((rows, max_new_tokens), -1, dtype=torch.long, device=first.device)
+    alive = torch.arange(rows, device=first.device)  # original row of each batch row
+    done = torch.zeros(rows, dtype=torch.bool, device=first.device)  # per batch row: finished but still present
+    current = first
+    for step in range(max_new_tokens):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(
+            input_ids=current[:, None],
+            attention_mask=mask,
+            position_ids=(positions + step)[:, None],
+            use_cache=True,
+            **{keyword: cache},
+        )
+        cache = output_cache(out)
+        logits = out.logits[:, -1].float()
+        if not torch.isfinite(logits).all():
+            raise ValueError(f"The student produced non-finite logits at rollout step {step}; cannot sample.")
+        probs = torch.softmax(logits / temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        keep = ~done
+        out_tokens[alive[keep], step] = nxt[keep]
+        done = done | _is_eos(nxt, eos_ids)
+        if bool(done.all()):
+            break
+        # Compact once a meaningful share of rows is finished: each compaction copies the cache once, about the cost
+        # of one decoding step's cache growth, so doing it for every single finished row would not pay.
+        if int(done.sum()) * 8 >= done.numel():
+            keep_idx = (~done).nonzero().squeeze(1)
+            for layer in cache.layers:
+                layer.batch_select_indices(keep_idx)
+            alive, mask, positions, nxt = alive[keep_idx], mask[keep_idx], positions[keep_idx], nxt[keep_idx]
+            done = done[keep_idx]
+        current = nxt
+    return out_tokens
+
+
+def _score(request: RolloutRequest, continuations: list[list[int]]) -> torch.Tensor:
+    try:
+        scores = request.score(continuations)
+    except Exception as err:  # a verifier's failure must name itself, not surface as a decoding error
+        raise ValueError(f"The score function raised {type(err).__name__}: {err}") from err
+    try:
+        scores = torch.as_tensor([float(s) for s in scores], dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"The score function must return a list of numbers; got {scores!r}.") from err
+    if scores.numel() != len(continuations):
+        raise ValueError(
+            f"The score function returned {scores.numel()} scores for {len(continuations)} continuations; it must "
+            "return exactly one score per continuation."
+        )
+    if not torch.isfinite(scores).all():
+        raise ValueError(f"The score function returned non-finite scores: {scores.tolist()}.")
+    return scores
+
+
+def rollout_requests(
+    model: torch.nn.Module,
+    sequences: Sequence[torch.Tensor],
+    requests: Sequence[RolloutRequest],
+    num_rollouts: int,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    max_batch_rows: int = 512,
+) -> list[SuccessEstimate]:
+    """
+    Targeted rollouts for many nodes at once (the batched form of [`estimate_success`]).
+
+    Args:
+        model (`torch.nn.Module`):
+            The student (causal LM, plain or PEFT). Put in eval mode for the duration, then restored.
+        sequences (`Sequence[torch.Tensor]`):
+            Full token sequences (1-D) the nodes' prefixes are taken from; one forward each.
+        requests (`Sequence[RolloutRequest]`):
+            The nodes.
+        num_rollouts (`int`):
+            Continuations per candidate.
+        max_new_tokens (`int`):
+            Tokens sampled after the forced candidate, at most.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Student sampling temperature.
+        eos_token_id (`int` or `Sequence[int]`, *optional*):
+            Token(s) that end a continuation.
+        generator (`torch.Generator`, *optional*):
+            Sampling randomness, on the model's device; the global RNG is never used.
+        max_batch_rows (`int`, *optional*, defaults to `512`):
+            Most continuations decoded in one batch (bounds the memory of the expanded KV cache); whole nodes are kept
+            together.
+
+    Returns:
+        `list[SuccessEstimate]`: one per request, in order.
+    """
+    if num_rollouts < 1 or max_new_tokens < 0 or temperature <= 0:
+        raise ValueError(
+            f"Need num_rollouts >= 1, max_new_tokens >= 0, temperature > 0; got {num_rollouts}, {max_new_tokens}, "
+            f"{temperature}."
+        )
+    device = model_device(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    for r in requests:
+        r.candidates = check_candidates(r.candidates, vocab)
+        if not 1 <= r.prefix_len <= sequences[r.sequence].numel():
+            raise ValueError(f"prefix_len {r.prefix_len} is outside [1, {sequences[r.sequence].numel()}].")
+    eos_ids = torch.as_tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device).reshape(
+        -1
+    )
+    keyword = cache_keyword(model)
+    results: list[SuccessEstimate | None] = [None] * len(requests)
+    with eval_mode(model), torch.no_grad():
+        caches = _prefix_caches(model, sequences, requests)
+        rows_per_request = [r.candidates.numel() * num_rollouts for r in requests]
+        for chunk in _chunk_requests(rows_per_request, max(1, max_batch_rows)):
+            chunk_requests = [requests[i] for i in chunk]
+            firsts = [r.candidates.to(device).repeat_interleave(num_rollouts) for r in chunk_requests]
+            first_done = [_is_eos(f, eos_ids) for f in firsts]
+            cache, mask = _build_batch_cache(chunk_requests, caches, first_done)
+            live_first = torch.cat([f[~d] for f, d in zip(firsts, first_done, strict=True)])
+            live_pos = torch.cat(
+                [
+                    torch.full((int((~d).sum()),), r.prefix_len, device=device)
+                    for r, d in zip(chunk_requests, first_done, strict=True)
+                ]
+            )
+            tokens = torch.full((live_first.numel(), max_new_tokens), -1, dtype=torch.long, device=device)
+            if cache is not None and max_new_tokens > 0:
+                tokens = _decode_chunk(
+                    model, keyword, cache, mask, live_first, live_pos, max_new_tokens, temperature, eos_ids, generator
+                )
+            offset, eos_set = 0, set(eos_ids.tolist())
+            for i, r, first, done in zip(chunk, chunk_requests, firsts, first_done, strict=True):
+                continuations, truncated = [], torch.zeros(r.candidates.numel(), dtype=torch.long)
+                generated = 0
+                for row, (tok, is_done) in enumerate(zip(first.tolist(), done.tolist(), strict=True)):
+                    if is_done:
+                        continuations.append([tok])
+                        continue
+                    sampled = tokens[offset]
+                    offset += 1
+                    sampled = sampled[sampled >= 0].tolist()
+                    generated += len(sampled)
+                    ended = bool(sampled) and sampled[-1] in eos_set
+                    if not ended:
+                        truncated[row // num_rollouts] += 1
+                    continuations.append([tok] + sampled)
+                scores = _score(r, continuations).reshape(r.candidates.numel(), num_rollouts)
+                results[i] = SuccessEstimate(r.candidates.cpu(), scores, truncated, generated)
+    return results
+
+
+def estimate_success(
+    model: torch.nn.Module,
+    prefix_ids: torch.Tensor,
+    candidates: torch.Tensor,
+    num_rollouts: int,
+    max_new_tokens: int,
+    score: Score,
+    *,
+    temperature: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> SuccessEstimate:
+    """
+    Targeted rollouts at one node: for each candidate token, force it after `prefix_ids`, sample `num_rollouts`
+    continuations of at most `max_new_tokens` further tokens from `model` at `temperature`, and score them.
+
+    Args:
+        model (`torch.nn.Module`):
+            The student (causal LM, plain or PEFT).
+        prefix_ids (`torch.Tensor`):
+            The node's prefix (prompt + completion so far), 1-D.
+        candidates (`torch.Tensor`):
+            Candidate tokens, `[K]`.
+        num_rollouts (`int`):
+            Continuations per candidate.
+        max_new_tokens (`int`):
+            Tokens sampled after the forced candidate, at most.
+        score (`Callable`):
+            `score(sequences) -> list[float]`, each sequence the token ids generated after the prefix (forced
+            candidate first, EOS included if produced); truncated continuations are scored as they stand.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Student sampling temperature.
+        eos_token_id (`int` or `Sequence[int]`, *optional*):
+            Token(s) that end a continuation.
+        generator (`torch.Generator`, *optional*):
+            Sampling randomness, on the model's device.
+
+    Returns:
+        [`SuccessEstimate`]: per-candidate mean, count, interval and truncation counts.
+    """
+    prefix_ids = torch.as_tensor(prefix_ids).reshape(-1)
+    request = RolloutRequest(0, prefix_ids.numel(), candidates, score)
+    (estimate,) = rollout_requests(
+        model,
+        [prefix_ids],
+        [request],
+        num_rollouts,
+        max_new_tokens,
+        temperature=temperature,
+        eos_token_id=eos_token_id,
+        generator=generator,
+    )
+    return estimate
