@@ -37,7 +37,8 @@ def _find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
 def _count_sketch(flat: torch.Tensor, dim: int, salt: int) -> torch.Tensor:
     """CountSketch `[B, n] -> [B, dim]`: coordinate `j` goes to bucket `h(j)` with sign `s(j)`, both from a hash."""
     n = flat.shape[1]
-    x = torch.arange(n, device=flat.device, dtype=torch.int64) + (salt + 1) * _GOLDEN
+    x = torch.arange(n, device=flat.device, dtype=torch.int64)
+    x = x + torch.tensor(salt + 1, dtype=torch.int64, device=flat.device) * _GOLDEN
     # splitmix64-style mixing; int64 overflow wraps, which is what a hash wants.
     x = (x ^ (x >> 30)) * -4658895280553007687
     x = (x ^ (x >> 27)) * -7723592293110705685
