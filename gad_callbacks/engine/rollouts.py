@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from ..method.directions import check_candidates
 from ..method.success import SuccessEstimate
@@ -82,7 +81,43 @@ def _chunk_requests(rows_per_request, max_batch_rows):
         yield chunk
 
 
-def _build_batch_cache(chunk_requests, caches, first_tokens_finished):
+class _PreallocatedLayer(DynamicLayer):
+    """
+    A KV-cache layer whose storage is allocated once for the whole decode. New keys are written in place and
+    attention reads a view, where the default dynamic layer concatenates, i.e. copies the whole cache, every step:
+    on long prefixes that copy, not the model, dominates decoding.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        b, h, n, d = keys.shape
+        self._k = keys.new_empty(b, h, capacity, d)
+        self._v = values.new_empty(b, h, capacity, values.shape[-1])
+        self._k[:, :, :n] = keys
+        self._v[:, :, :n] = values
+        self.length, self.device, self.is_initialized = n, keys.device, True
+        self._refresh()
+
+    def _refresh(self):
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        self._k[:, :, self.length : self.length + n] = key_states
+        self._v[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self._refresh()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._k, self._v = self._k[indices], self._v[indices]
+        self._refresh()
+
+
+def _build_batch_cache(chunk_requests, caches, first_tokens_finished, max_new_tokens):
     """Left-padded, row-expanded KV cache for a chunk of requests; rows already finished (EOS forced) are left out."""
     max_len = max(r.prefix_len for r in chunk_requests)
     num_layers = len(next(iter(caches.values())))
@@ -104,14 +139,24 @@ def _build_batch_cache(chunk_requests, caches, first_tokens_finished):
         masks.append(mask.expand(rows, -1))
     if not masks:
         return None, None
-    layers = [(torch.cat(ks), torch.cat(vs)) for ks, vs in zip(per_layer_k, per_layer_v, strict=True)]
-    return DynamicCache(ddp_cache_data=layers), torch.cat(masks)
+    capacity = max_len + max_new_tokens
+    layers = [
+        _PreallocatedLayer(torch.cat(ks), torch.cat(vs), capacity) for ks, vs in zip(per_layer_k, per_layer_v, strict=True)
+    ]
+    return Cache(layers=layers), torch.cat(masks)
 
 
 def _is_eos(tokens: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
     if eos_ids.numel() == 0:
         return torch.zeros_like(tokens, dtype=torch.bool)
     return torch.isin(tokens, eos_ids)
+
+
+def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling: exact, one uniform per row (cheaper than `multinomial` on CPU)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 @torch.no_grad()
@@ -121,29 +166,28 @@ def _decode_chunk(model, keyword, cache, mask, first, positions, max_new_tokens,
     out_tokens = torch.full((rows, max_new_tokens), -1, dtype=torch.long, device=first.device)
     alive = torch.arange(rows, device=first.device)  # original row of each batch row
     done = torch.zeros(rows, dtype=torch.bool, device=first.device)  # per batch row: finished but still present
+    # Without left padding (one prefix length in the chunk) no mask is needed: a single new query attends to every
+    # cached key, and skipping the mask keeps attention on its fastest kernel.
+    padded = not bool(mask.all())
     current = first
     for step in range(max_new_tokens):
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(
-            input_ids=current[:, None],
-            attention_mask=mask,
-            position_ids=(positions + step)[:, None],
-            use_cache=True,
-            **{keyword: cache},
-        )
+        kwargs = {keyword: cache}
+        if padded:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            kwargs["attention_mask"] = mask
+        out = model(input_ids=current[:, None], position_ids=(positions + step)[:, None], use_cache=True, **kwargs)
         cache = output_cache(out)
         logits = out.logits[:, -1].float()
         if not torch.isfinite(logits).all():
             raise ValueError(f"The student produced non-finite logits at rollout step {step}; cannot sample.")
-        probs = torch.softmax(logits / temperature, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = _sample(torch.softmax(logits / temperature, dim=-1), generator)
         keep = ~done
         out_tokens[alive[keep], step] = nxt[keep]
         done = done | _is_eos(nxt, eos_ids)
         if bool(done.all()):
             break
-        # Compact once a meaningful share of rows is finished: each compaction copies the cache once, about the cost
-        # of one decoding step's cache growth, so doing it for every single finished row would not pay.
+        # Compact once a meaningful share of rows is finished: each compaction copies the cache once, which would not
+        # pay for every single finished row.
         if int(done.sum()) * 8 >= done.numel():
             keep_idx = (~done).nonzero().squeeze(1)
             for layer in cache.layers:
@@ -235,7 +279,7 @@ def rollout_requests(
             chunk_requests = [requests[i] for i in chunk]
             firsts = [r.candidates.to(device).repeat_interleave(num_rollouts) for r in chunk_requests]
             first_done = [_is_eos(f, eos_ids) for f in firsts]
-            cache, mask = _build_batch_cache(chunk_requests, caches, first_done)
+            cache, mask = _build_batch_cache(chunk_requests, caches, first_done, max_new_tokens)
             live_first = torch.cat([f[~d] for f, d in zip(firsts, first_done, strict=True)])
             live_pos = torch.cat(
                 [

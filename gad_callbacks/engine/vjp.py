@@ -34,19 +34,20 @@ def _find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
     return best
 
 
-def _count_sketch(flat: torch.Tensor, dim: int, salt: int) -> torch.Tensor:
+def _count_sketch(flat: torch.Tensor, dim: int, salt: int, chunk: int = 1 << 20) -> torch.Tensor:
     """CountSketch `[B, n] -> [B, dim]`: coordinate `j` goes to bucket `h(j)` with sign `s(j)`, both from a hash."""
-    n = flat.shape[1]
-    x = torch.arange(n, device=flat.device, dtype=torch.int64)
-    x = x + torch.tensor(salt + 1, dtype=torch.int64, device=flat.device) * _GOLDEN
-    # splitmix64-style mixing; int64 overflow wraps, which is what a hash wants.
-    x = (x ^ (x >> 30)) * -4658895280553007687
-    x = (x ^ (x >> 27)) * -7723592293110705685
-    x = x ^ (x >> 31)
-    bucket = torch.remainder(x, dim)
-    sign = 1.0 - 2.0 * ((x >> 40) & 1).to(flat.dtype)
     out = torch.zeros(flat.shape[0], dim, dtype=flat.dtype, device=flat.device)
-    return out.index_add_(1, bucket, flat * sign)
+    offset = torch.tensor(salt + 1, dtype=torch.int64, device=flat.device) * _GOLDEN
+    # Coordinates in chunks, so the temporaries stay small next to the gradient being sketched.
+    for start in range(0, flat.shape[1], chunk):
+        x = torch.arange(start, min(start + chunk, flat.shape[1]), device=flat.device, dtype=torch.int64) + offset
+        # splitmix64-style mixing; int64 overflow wraps, which is what a hash wants.
+        x = (x ^ (x >> 30)) * -4658895280553007687
+        x = (x ^ (x >> 27)) * -7723592293110705685
+        x = x ^ (x >> 31)
+        sign = 1.0 - 2.0 * ((x >> 40) & 1).to(flat.dtype)
+        out.index_add_(1, torch.remainder(x, dim), flat[:, start : start + x.numel()] * sign)
+    return out
 
 
 class _GramAccumulator:
