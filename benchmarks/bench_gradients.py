@@ -80,7 +80,7 @@ def speed(device, use_lora):
         rows = torch.linspace(40, 250, num_nodes).long().to(device)
         cot = cotangents(num_nodes, 5, 512, g).to(device)
         t_floor, _ = timed(floor_fn(model, ids, rows, cot, params), device=device)
-        t_ours, gram = timed(lambda: parameter_gram(model, ids, rows, cot), device=device)
+        t_ours, gram = timed(lambda rows=rows, cot=cot: parameter_gram(model, ids, rows, cot), device=device)
         t_naive, ref = timed(naive_fn(model, ids, rows, cot, params), device=device)
         err = float((gram_cosines(gram) - gram_cosines(ref.cpu())).abs().max())
         print_table(
@@ -177,7 +177,9 @@ def sketch_error(device):
     print(f"\nCountSketch cosine error ({n_params / 1e6:.2f}M parameters, 4 nodes x 5 directions, within-node pairs)")
     print(f"{'sketch_dim':>12}{'mean |err|':>14}{'max |err|':>14}{'seconds':>10}")
     for dim in (1024, 4096, 16384, 65536):
-        t, gram = timed(lambda: parameter_gram(model, ids, rows, cot, sketch_dim=dim), repeats=1, device=device)
+        t, gram = timed(
+            lambda dim=dim: parameter_gram(model, ids, rows, cot, sketch_dim=dim), repeats=1, device=device
+        )
         err = (gram_cosines(gram) - exact).abs()
         err = err[~torch.isnan(err)]
         print(f"{dim:>12}{float(err.mean()):>14.4f}{float(err.max()):>14.4f}{t:>10.3f}")

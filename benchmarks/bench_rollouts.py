@@ -59,10 +59,12 @@ def main():
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--rollouts", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 16))
     device = args.device
-    model = bench_model(device=device)
+    model = bench_model(hidden=args.hidden, layers=args.layers, device=device)
     g = torch.Generator().manual_seed(0)
     prefix = torch.randint(2, 512, (args.prefix,), generator=g)
     cands = torch.randperm(510, generator=g)[: args.candidates] + 2
@@ -103,7 +105,9 @@ def main():
     floor = floor_decode(model, prefix, [list(c) for c in seen], device)
     t_floor, _ = timed(floor, device=device)
     t_naive, _ = timed(naive, device=device)
+    n_params = sum(p.numel() for p in model.parameters())
     print(
+        f"model: hidden={args.hidden} layers={args.layers} vocab=512 ({n_params / 1e6:.2f}M parameters)\n"
         f"device={device} prefix={args.prefix} candidates={args.candidates} rollouts={n} max_new_tokens={t} "
         f"tokens decoded={generated} truncated={int(est.truncated.sum())}/{args.candidates * n}"
     )

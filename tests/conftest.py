@@ -32,7 +32,7 @@ def tiny_model(kind="qwen2", vocab_size=48, layers=2, tie=False, seed=0, logit_s
         pad_token_id=0,
     )
     torch.manual_seed(seed)
-    model = (Qwen2ForCausalLM(Qwen2Config(**common)) if kind == "qwen2" else LlamaForCausalLM(LlamaConfig(**common)))
+    model = Qwen2ForCausalLM(Qwen2Config(**common)) if kind == "qwen2" else LlamaForCausalLM(LlamaConfig(**common))
     if logit_scale != 1.0:
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(logit_scale)

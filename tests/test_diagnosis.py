@@ -17,7 +17,7 @@ from gad_callbacks import (
     oracle_teacher_logits,
 )
 from tests.conftest import lora, tiny_model
-from tests.engine.test_rollouts import EOS, exact_success, parity_target
+from tests.engine.test_rollouts import exact_success, parity_target
 
 
 def student_logits(model, seq, prefix_len):
@@ -106,7 +106,9 @@ def test_estimated_alignment_converges_to_exact():
     for n in (4, 64, 1024):
         errs = []
         for seed in range(6):
-            cfg = DiagnosisConfig(num_rollouts=n, max_new_tokens=3, mass=1.0, max_candidates=6, num_bootstrap=0, seed=seed)
+            cfg = DiagnosisConfig(
+                num_rollouts=n, max_new_tokens=3, mass=1.0, max_candidates=6, num_bootstrap=0, seed=seed
+            )
             est = diagnose_node(model, seq, 5, teachers, losses, score, cfg)
             assert sorted(est.success.candidates.tolist()) == list(range(6))
             for name in teachers:

@@ -72,7 +72,7 @@ class DiagnosisConfig:
             Top tokens of each teacher added to the candidates.
         params (`str`, *optional*, defaults to `"trainable"`):
             Parameter space: `"trainable"` or `"all"`.
-        max_vectors (`int`, *optional*, defaults to `256`):
+        max_vectors (`int`, *optional*, defaults to `64`):
             Most parameter-space vectors per backward pass (memory bound: this many copies of one block's parameters).
         sketch_dim (`int`, *optional*):
             CountSketch dimension replacing exact inner products (very large parameter sets).
@@ -96,7 +96,7 @@ class DiagnosisConfig:
     max_candidates: int = 8
     teacher_top: int = 1
     params: str = "trainable"
-    max_vectors: int = 256
+    max_vectors: int = 64
     sketch_dim: int | None = None
     num_bootstrap: int = 200
     confidence: float = 0.95

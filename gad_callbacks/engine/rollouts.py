@@ -141,7 +141,8 @@ def _build_batch_cache(chunk_requests, caches, first_tokens_finished, max_new_to
         return None, None
     capacity = max_len + max_new_tokens
     layers = [
-        _PreallocatedLayer(torch.cat(ks), torch.cat(vs), capacity) for ks, vs in zip(per_layer_k, per_layer_v, strict=True)
+        _PreallocatedLayer(torch.cat(ks), torch.cat(vs), capacity)
+        for ks, vs in zip(per_layer_k, per_layer_v, strict=True)
     ]
     return Cache(layers=layers), torch.cat(masks)
 

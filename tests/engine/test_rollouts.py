@@ -49,7 +49,15 @@ def test_estimates_match_exact_enumeration():
         return [parity_target(c) for c in conts]
 
     est = estimate_success(
-        model, prefix, cands, 3000, 3, score, temperature=0.9, eos_token_id=EOS, generator=torch.Generator().manual_seed(0)
+        model,
+        prefix,
+        cands,
+        3000,
+        3,
+        score,
+        temperature=0.9,
+        eos_token_id=EOS,
+        generator=torch.Generator().manual_seed(0),
     )
     lo, hi = est.interval(0.99)
     inside = (lo <= exact) & (exact <= hi)

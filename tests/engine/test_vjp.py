@@ -15,7 +15,9 @@ def reference_vectors(model, ids, position, directions, params):
     for d in directions:
         logits = model(input_ids=ids.unsqueeze(0)).logits[0, position]
         grads = torch.autograd.grad(logits, params, grad_outputs=d.to(logits.dtype), allow_unused=True)
-        vecs.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]))
+        vecs.append(
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        )
     return torch.stack(vecs).double()
 
 

@@ -18,7 +18,9 @@ V = 17
 
 def logits_pair(seed=0, scale=2.0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(V, generator=g, dtype=torch.float64) * scale, torch.randn(V, generator=g, dtype=torch.float64) * scale
+    return torch.randn(V, generator=g, dtype=torch.float64) * scale, torch.randn(
+        V, generator=g, dtype=torch.float64
+    ) * scale
 
 
 def neg_grad(loss_fn, z):
