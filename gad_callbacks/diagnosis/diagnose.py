@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..engine.model_io import eval_mode, model_device
+from ..engine.model_io import logits_at, model_device
 from ..engine.rollouts import RolloutRequest, rollout_requests
 from ..engine.vjp import parameter_gram
 from ..method.alignment import (
@@ -39,19 +39,14 @@ from .results import Diagnosis, NodeDiagnosis, RolloutAlignment, TeacherAlignmen
 
 def _student_logits(model, sequences, nodes) -> list[torch.Tensor]:
     """Next-token logits at every node, one no-grad forward per rollout (float32, CPU)."""
-    device = model_device(model)
     out: list[torch.Tensor | None] = [None] * len(nodes)
     by_sequence: dict[int, list[int]] = {}
     for i, node in enumerate(nodes):
         by_sequence.setdefault(node.sequence, []).append(i)
-    with eval_mode(model), torch.no_grad():
-        for seq, idxs in by_sequence.items():
-            rows = torch.tensor([nodes[i].prefix_len - 1 for i in idxs], device=device)
-            length = max(nodes[i].prefix_len for i in idxs)
-            ids = sequences[seq][:length].to(device).unsqueeze(0)
-            logits = model(input_ids=ids, use_cache=False, logits_to_keep=rows).logits[0]
-            for j, i in enumerate(idxs):
-                out[i] = logits[j].float().cpu()
+    for seq, idxs in by_sequence.items():
+        logits = logits_at(model, sequences[seq], [nodes[i].prefix_len - 1 for i in idxs])
+        for j, i in enumerate(idxs):
+            out[i] = logits[j]
     return out
 
 
@@ -160,8 +155,11 @@ def diagnose_nodes(
     # Candidates (METHOD.md step 1), then targeted rollouts for every node that has no known estimate.
     prepared = []
     for node, z in zip(nodes, student, strict=True):
-        teacher = {n: node.teacher_logits[n].reshape(-1).float().cpu() for n in names}
+        # A teacher without logits at a node (e.g. a position the trainer's loss skips) gives no signal there.
+        teacher = {n: None if v is None else v.reshape(-1).float().cpu() for n, v in node.teacher_logits.items()}
         for n, logits in teacher.items():
+            if logits is None:
+                continue
             if logits.numel() != z.numel():
                 raise ValueError(
                     f"Teacher {n!r} has {logits.numel()} logits, the student {z.numel()}: teachers must share the "
@@ -181,7 +179,7 @@ def diagnose_nodes(
                 mass=config.mass,
                 max_candidates=config.max_candidates,
                 sampled_token=sampled,
-                teacher_logits=list(teacher.values()) if config.teacher_top > 0 else [],
+                teacher_logits=[v for v in teacher.values() if v is not None] if config.teacher_top > 0 else [],
                 teacher_top=max(config.teacher_top, 1),
             )
         prepared.append({"candidates": candidates, "teacher": teacher, "sampled": sampled, "success": node.success})
@@ -212,6 +210,10 @@ def diagnose_nodes(
         prep["ideal"] = ideal_direction(z, prep["candidates"], prep["success"].mean, config.temperature)
         prep["directions"], prep["undefined"] = {}, {}
         for name, loss in teacher_losses.items():
+            if prep["teacher"][name] is None:
+                prep["directions"][name] = torch.zeros_like(prep["ideal"], dtype=torch.float32)
+                prep["undefined"][name] = "no_signal"
+                continue
             sampled = prep["sampled"] if loss.loss == "sampled_token" else None
             if loss.loss == "sampled_token" and sampled is None:
                 raise ValueError(f"Teacher {name!r} uses the sampled-token loss but node {i} has no sampled token.")
@@ -222,7 +224,7 @@ def diagnose_nodes(
             prep["directions"][name] = b
         if float(prep["ideal"].abs().max()) == 0.0:
             for name in names:
-                prep["undefined"][name] = "flat_success"
+                prep["undefined"].setdefault(name, "flat_success")
 
     node_grams, rollout_grams = _param_grams(model, sequences, nodes, prepared, names, config)
     bootstrap = torch.Generator().manual_seed(config.seed + 1)
@@ -268,7 +270,8 @@ def _assemble(node, z, prep, gram, names, teacher_losses, config, bootstrap) -> 
         # Logit space: a* is supported on K, so <a*, b> only needs b on K; ||b|| is over the whole vocabulary.
         norms = a_k.norm(dim=1) * b.double().norm()
         logit = torch.where(norms > 0, (a_k @ b_k) / norms, torch.full_like(norms, float("nan"))).clamp(-1, 1)
-        q = torch.softmax(prep["teacher"][name].double() / teacher_losses[name].temperature, dim=-1)
+        t_logits = prep["teacher"][name]
+        q = None if t_logits is None else torch.softmax(t_logits.double() / teacher_losses[name].temperature, dim=-1)
         param_ci = percentile_interval(param[1:, t], config.confidence) if config.num_bootstrap else (param[0, t],) * 2
         logit_ci = percentile_interval(logit[1:], config.confidence) if config.num_bootstrap else (logit[0],) * 2
         diag.teachers[name] = TeacherAlignment(
@@ -278,7 +281,7 @@ def _assemble(node, z, prep, gram, names, teacher_losses, config, bootstrap) -> 
             logit_ci=(float(logit_ci[0]), float(logit_ci[1])),
             restricted_cos=float(restricted_cosine(prep["ideal"], b, cand, p)),
             outside_share=float(outside_share(b, cand)),
-            advantage=float(teacher_advantage(p, q, cand, success.mean)),
+            advantage=float("nan") if q is None else float(teacher_advantage(p, q, cand, success.mean)),
             direction_norm=float(b.norm()),
         )
     return diag

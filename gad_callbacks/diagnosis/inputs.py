@@ -137,19 +137,23 @@ class Node:
             Index of the rollout (prompt + completion token ids) in the `sequences` passed alongside.
         prefix_len (`int`):
             Tokens before the node; the student's logits at position `prefix_len - 1` are its next-token logits.
-        teacher_logits (`dict[str, torch.Tensor]`):
-            Each teacher's logits at the node, `[V]`, already re-mapped to this student position.
+        teacher_logits (`dict[str, torch.Tensor | None]`):
+            Each teacher's logits at the node, `[V]`, already re-mapped to this student position; `None` when the
+            teacher's loss gives no signal at this node (recorded as undefined, `"no_signal"`).
         score (`Callable`):
             Verifier of continuations (see [`estimate_success`]).
         sampled_token (`int`, *optional*):
             The token the student emitted at the node; read from the sequence when it is long enough.
         success (`SuccessEstimate`, *optional*):
             Known success estimates (skip the rollouts; its candidates are used as `K(u)`).
+        max_new_tokens (`int`, *optional*):
+            This node's own cap on targeted continuations (e.g. the trainer's remaining completion budget).
     """
 
     sequence: int
     prefix_len: int
-    teacher_logits: dict[str, torch.Tensor]
+    teacher_logits: dict[str, torch.Tensor | None]
     score: Callable | None = None
     sampled_token: int | None = None
     success: SuccessEstimate | None = None
+    max_new_tokens: int | None = None

@@ -78,3 +78,15 @@ def select_parameters(model: torch.nn.Module, params) -> list[torch.nn.Parameter
             "The parameter space is empty: no parameter requires grad. Pass params='all' or a list of parameters."
         )
     return chosen
+
+
+@torch.no_grad()
+def logits_at(model: torch.nn.Module, input_ids: torch.Tensor, rows) -> torch.Tensor:
+    """Next-token logits of `model` at positions `rows` of one sequence (eval mode, no grad), float32 on the CPU."""
+    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+    device = model_device(model)
+    length = int(rows.max()) + 1
+    with eval_mode(model):
+        ids = torch.as_tensor(input_ids).reshape(-1)[:length].to(device).unsqueeze(0)
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=rows.to(device)).logits[0]
+    return logits.float().cpu()

@@ -39,12 +39,16 @@ class RolloutRequest:
         score (`Callable`):
             `score(continuations) -> list[float]`, each continuation the token ids after the prefix (forced candidate
             first, EOS included if produced).
+        max_new_tokens (`int`, *optional*):
+            This node's own limit on sampled tokens (e.g. the trainer's remaining completion budget), at most the
+            batch's `max_new_tokens`.
     """
 
     sequence: int
     prefix_len: int
     candidates: torch.Tensor
     score: Score
+    max_new_tokens: int | None = None
 
 
 def _prefix_caches(model, sequences, requests):
@@ -161,9 +165,9 @@ def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 
 @torch.no_grad()
-def _decode_chunk(model, keyword, cache, mask, first, positions, max_new_tokens, temperature, eos_ids, generator):
-    """Sample up to `max_new_tokens` tokens after each row's forced first token; returns `[R, max_new_tokens]`."""
-    rows = first.shape[0]
+def _decode_chunk(model, keyword, cache, mask, first, positions, limits, temperature, eos_ids, generator):
+    """Sample up to `limits[r]` tokens after each row's forced first token; returns `[R, max(limits)]` (-1 = none)."""
+    rows, max_new_tokens = first.shape[0], int(limits.max())
     out_tokens = torch.full((rows, max_new_tokens), -1, dtype=torch.long, device=first.device)
     alive = torch.arange(rows, device=first.device)  # original row of each batch row
     done = torch.zeros(rows, dtype=torch.bool, device=first.device)  # per batch row: finished but still present
@@ -184,7 +188,7 @@ def _decode_chunk(model, keyword, cache, mask, first, positions, max_new_tokens,
         nxt = _sample(torch.softmax(logits / temperature, dim=-1), generator)
         keep = ~done
         out_tokens[alive[keep], step] = nxt[keep]
-        done = done | _is_eos(nxt, eos_ids)
+        done = done | _is_eos(nxt, eos_ids) | (limits <= step + 1)
         if bool(done.all()):
             break
         # Compact once a meaningful share of rows is finished: each compaction copies the cache once, which would not
@@ -194,6 +198,7 @@ def _decode_chunk(model, keyword, cache, mask, first, positions, max_new_tokens,
             for layer in cache.layers:
                 layer.batch_select_indices(keep_idx)
             alive, mask, positions, nxt = alive[keep_idx], mask[keep_idx], positions[keep_idx], nxt[keep_idx]
+            limits = limits[keep_idx]
             done = done[keep_idx]
         current = nxt
     return out_tokens
@@ -279,7 +284,11 @@ def rollout_requests(
         for chunk in _chunk_requests(rows_per_request, max(1, max_batch_rows)):
             chunk_requests = [requests[i] for i in chunk]
             firsts = [r.candidates.to(device).repeat_interleave(num_rollouts) for r in chunk_requests]
-            first_done = [_is_eos(f, eos_ids) for f in firsts]
+            limit = [
+                min(max_new_tokens, r.max_new_tokens if r.max_new_tokens is not None else max_new_tokens)
+                for r in chunk_requests
+            ]
+            first_done = [_is_eos(f, eos_ids) | (lim <= 0) for f, lim in zip(firsts, limit, strict=True)]
             cache, mask = _build_batch_cache(chunk_requests, caches, first_done, max_new_tokens)
             live_first = torch.cat([f[~d] for f, d in zip(firsts, first_done, strict=True)])
             live_pos = torch.cat(
@@ -288,18 +297,22 @@ def rollout_requests(
                     for r, d in zip(chunk_requests, first_done, strict=True)
                 ]
             )
-            tokens = torch.full((live_first.numel(), max_new_tokens), -1, dtype=torch.long, device=device)
-            if cache is not None and max_new_tokens > 0:
+            live_limits = torch.cat(
+                [torch.full((int((~d).sum()),), lim, device=device) for lim, d in zip(limit, first_done, strict=True)]
+            )
+            tokens = torch.full((live_first.numel(), 0), -1, dtype=torch.long, device=device)
+            if cache is not None:
                 tokens = _decode_chunk(
-                    model, keyword, cache, mask, live_first, live_pos, max_new_tokens, temperature, eos_ids, generator
+                    model, keyword, cache, mask, live_first, live_pos, live_limits, temperature, eos_ids, generator
                 )
             offset, eos_set = 0, set(eos_ids.tolist())
             for i, r, first, done in zip(chunk, chunk_requests, firsts, first_done, strict=True):
                 continuations, truncated = [], torch.zeros(r.candidates.numel(), dtype=torch.long)
                 generated = 0
                 for row, (tok, is_done) in enumerate(zip(first.tolist(), done.tolist(), strict=True)):
-                    if is_done:
+                    if is_done:  # EOS forced, or no budget left after the forced token
                         continuations.append([tok])
+                        truncated[row // num_rollouts] += int(tok not in eos_set)
                         continue
                     sampled = tokens[offset]
                     offset += 1

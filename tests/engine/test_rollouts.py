@@ -161,3 +161,24 @@ def test_score_errors_are_value_errors():
         estimate_success(model, torch.tensor([3, 4]), torch.tensor([], dtype=torch.long), 2, 2, lambda c: [])
     with pytest.raises(ValueError, match="Candidate ids"):
         estimate_success(model, torch.tensor([3, 4]), torch.tensor([99]), 2, 2, lambda c: [0.0] * len(c))
+
+
+def test_per_node_budget_caps_continuations():
+    model = tiny_model("qwen2", vocab_size=16)
+    seq = torch.tensor([3, 4, 5, 6, 7, 8])
+    lengths = {}
+
+    def recorder(key):
+        def score(conts):
+            lengths[key] = [len(c) for c in conts]
+            return [0.0] * len(conts)
+
+        return score
+
+    requests = [
+        RolloutRequest(0, 3, torch.tensor([2, 9]), recorder("short"), max_new_tokens=2),
+        RolloutRequest(0, 5, torch.tensor([2, 9]), recorder("long")),
+    ]
+    out = rollout_requests(model, [seq], requests, 4, 6, generator=torch.Generator().manual_seed(0))
+    assert max(lengths["short"]) == 3 and max(lengths["long"]) == 7  # forced token + budget (no EOS configured)
+    assert out[0].truncated.tolist() == [4, 4] and out[0].generated_tokens == 16

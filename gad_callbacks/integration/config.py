@@ -1,0 +1,173 @@
+"""`GradientAlignmentConfig`: every knob of the training-time diagnostic, parseable by `TrlParser` from YAML.
+
+Field names avoid those of TRL's trainer configs (`seed`, `temperature`, `max_new_tokens`, ...) so that one YAML file
+and one `TrlParser((ScriptArguments, DistillationConfig, GradientAlignmentConfig))` can hold everything.
+"""
+
+from dataclasses import dataclass, field
+
+from ..diagnosis import DiagnosisConfig
+from ..method.nodes import STRATEGIES
+
+
+@dataclass
+class SelfContext:
+    """
+    A self-distillation teacher: the student itself, prompted by `template` over the dataset row's columns.
+
+    Args:
+        name (`str`):
+            Short name used in every metric and record.
+        template (`str`):
+            Python format string over dataset columns, e.g. `"{prompt}\\n\\nThe answer is {answer}."`. For
+            conversational prompts `{prompt}` is the last user message's text and the result replaces that message
+            (SDFT's `teacher_prompt_template` semantics).
+        weights (`str`, *optional*, defaults to `"base"`):
+            `"base"`: the initial weights (adapters disabled under PEFT, a frozen copy taken at attach time
+            otherwise); `"live"`: the student's current weights.
+    """
+
+    name: str
+    template: str
+    weights: str = "base"
+
+    def __post_init__(self):
+        if self.weights not in ("base", "live"):
+            raise ValueError(f"Self-distillation context {self.name!r}: weights must be 'base' or 'live'.")
+
+    @classmethod
+    def parse(cls, spec: str) -> "SelfContext":
+        """`"name:weights=template"` (YAML / command line form), e.g. `"answer:base={prompt} Answer: {answer}"`."""
+        head, sep, template = spec.partition("=")
+        name, _, weights = head.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"Self-context spec {spec!r} must look like 'name:weights=template'.")
+        return cls(name.strip(), template, weights.strip() or "base")
+
+
+@dataclass
+class GradientAlignmentConfig:
+    """
+    Configuration of [`GradientAlignmentCallback`].
+
+    Parameters:
+        alignment_every_n_steps (`int`, *optional*, defaults to `50`):
+            Pause training every this many optimizer steps to diagnose.
+        alignment_rollouts_per_pause (`int`, *optional*, defaults to `4`):
+            Student rollouts diagnosed per pause (per process).
+        alignment_nodes_per_rollout (`int`, *optional*, defaults to `4`):
+            Nodes (completion positions) diagnosed per rollout.
+        alignment_node_strategy (`str`, *optional*, defaults to `"uniform"`):
+            `"uniform"`, `"entropy"` or `"depth_windows"`.
+        alignment_targeted_rollouts (`int`, *optional*, defaults to `8`):
+            Targeted rollouts per candidate token.
+        alignment_max_new_tokens (`int`, *optional*):
+            Longest targeted continuation; defaults to the trainer's completion length.
+        alignment_candidate_mass (`float`, *optional*, defaults to `0.95`):
+            Student probability mass the candidate set covers.
+        alignment_max_candidates (`int`, *optional*, defaults to `8`):
+            Cap on the student's own candidates per node.
+        alignment_teacher_top_tokens (`int`, *optional*, defaults to `1`):
+            Top tokens of each teacher added to the candidates.
+        alignment_params (`str`, *optional*, defaults to `"trainable"`):
+            Parameter space: `"trainable"` (LoRA adapters under PEFT, every weight otherwise) or `"all"`.
+        alignment_max_vectors (`int`, *optional*, defaults to `64`):
+            Parameter-space vectors per backward pass (bounds probe memory).
+        alignment_sketch_dim (`int`, *optional*):
+            CountSketch dimension replacing exact inner products.
+        alignment_num_bootstrap (`int`, *optional*, defaults to `200`):
+            Bootstrap replicates for per-node intervals.
+        alignment_confidence (`float`, *optional*, defaults to `0.95`):
+            Level of every interval.
+        alignment_answer_column (`str`, *optional*, defaults to `"answer"`):
+            Dataset column with the reference answer (used by the built-in numeric verifier and available to reward
+            functions).
+        alignment_trainer_teacher (`str`, *optional*, defaults to `"teacher"`):
+            Name of the trainer's own teacher in metrics; empty to leave it out.
+        alignment_extra_teachers (`list[str]`, *optional*, defaults to `[]`):
+            Extra teacher models as `"name=path_or_hub_id"` (same vocabulary as the student).
+        alignment_self_contexts (`list[str]`, *optional*, defaults to `[]`):
+            Self-distillation contexts as `"name:weights=template"` (see [`SelfContext`]).
+        alignment_seed (`int`, *optional*, defaults to `0`):
+            Seed of every choice the diagnostic makes (rollouts, nodes, targeted rollouts, bootstrap); mixed with the
+            step so that pauses differ.
+        alignment_output_subdir (`str`, *optional*, defaults to `"gad"`):
+            Sub-directory of `output_dir` for records (and TensorBoard when the trainer has none).
+        alignment_write_records (`bool`, *optional*, defaults to `True`):
+            Write per-node records (`records/step_XXXXXX.parquet`).
+        alignment_histograms (`bool`, *optional*, defaults to `True`):
+            Write per-teacher histograms of per-node alignment to TensorBoard.
+    """
+
+    alignment_every_n_steps: int = field(default=50, metadata={"help": "Pause every this many optimizer steps."})
+    alignment_rollouts_per_pause: int = field(default=4, metadata={"help": "Student rollouts diagnosed per pause."})
+    alignment_nodes_per_rollout: int = field(default=4, metadata={"help": "Nodes diagnosed per rollout."})
+    alignment_node_strategy: str = field(
+        default="uniform", metadata={"help": "Node selection: 'uniform', 'entropy' or 'depth_windows'."}
+    )
+    alignment_targeted_rollouts: int = field(default=8, metadata={"help": "Targeted rollouts per candidate token."})
+    alignment_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Longest targeted continuation (default: the trainer's completion length)."}
+    )
+    alignment_candidate_mass: float = field(default=0.95, metadata={"help": "Student mass the candidates cover."})
+    alignment_max_candidates: int = field(default=8, metadata={"help": "Cap on the student's own candidates."})
+    alignment_teacher_top_tokens: int = field(default=1, metadata={"help": "Teacher top tokens added to candidates."})
+    alignment_params: str = field(default="trainable", metadata={"help": "'trainable' or 'all' parameters."})
+    alignment_max_vectors: int = field(default=64, metadata={"help": "Parameter-space vectors per backward pass."})
+    alignment_sketch_dim: int | None = field(default=None, metadata={"help": "CountSketch dimension (optional)."})
+    alignment_num_bootstrap: int = field(default=200, metadata={"help": "Bootstrap replicates per node."})
+    alignment_confidence: float = field(default=0.95, metadata={"help": "Level of every interval."})
+    alignment_answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
+    alignment_trainer_teacher: str = field(
+        default="teacher", metadata={"help": "Name of the trainer's own teacher; empty to leave it out."}
+    )
+    alignment_extra_teachers: list[str] = field(
+        default_factory=list, metadata={"help": "Extra teachers as 'name=path_or_hub_id'."}
+    )
+    alignment_self_contexts: list[str] = field(
+        default_factory=list, metadata={"help": "Self-distillation contexts as 'name:weights=template'."}
+    )
+    alignment_seed: int = field(default=0, metadata={"help": "Seed of every choice the diagnostic makes."})
+    alignment_output_subdir: str = field(default="gad", metadata={"help": "Sub-directory of output_dir."})
+    alignment_write_records: bool = field(default=True, metadata={"help": "Write per-node records."})
+    alignment_histograms: bool = field(default=True, metadata={"help": "Write alignment histograms."})
+
+    def __post_init__(self):
+        if self.alignment_every_n_steps < 1:
+            raise ValueError(f"alignment_every_n_steps must be >= 1, got {self.alignment_every_n_steps}.")
+        if self.alignment_rollouts_per_pause < 1 or self.alignment_nodes_per_rollout < 1:
+            raise ValueError("alignment_rollouts_per_pause and alignment_nodes_per_rollout must be >= 1.")
+        if self.alignment_node_strategy not in STRATEGIES:
+            raise ValueError(
+                f"alignment_node_strategy must be one of {STRATEGIES}, got {self.alignment_node_strategy!r}."
+            )
+        self.self_contexts = [SelfContext.parse(s) for s in self.alignment_self_contexts]
+        self.extra_teachers = {}
+        for spec in self.alignment_extra_teachers:
+            name, sep, path = spec.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"Extra teacher spec {spec!r} must look like 'name=path_or_hub_id'.")
+            self.extra_teachers[name.strip()] = path.strip()
+        names = [c.name for c in self.self_contexts] + list(self.extra_teachers)
+        if self.alignment_trainer_teacher:
+            names.append(self.alignment_trainer_teacher)
+        if len(set(names)) != len(names):
+            raise ValueError(f"Teacher and context names must be unique, got {names}.")
+        self.diagnosis()  # validates the estimator's knobs now, not at the first pause
+
+    def diagnosis(self, max_new_tokens: int | None = None, temperature: float = 1.0) -> DiagnosisConfig:
+        """The estimator's configuration for one pause (`max_new_tokens`/`temperature` come from the trainer)."""
+        return DiagnosisConfig(
+            num_rollouts=self.alignment_targeted_rollouts,
+            max_new_tokens=self.alignment_max_new_tokens or max_new_tokens or 256,
+            temperature=temperature,
+            mass=self.alignment_candidate_mass,
+            max_candidates=self.alignment_max_candidates,
+            teacher_top=self.alignment_teacher_top_tokens,
+            params=self.alignment_params,
+            max_vectors=self.alignment_max_vectors,
+            sketch_dim=self.alignment_sketch_dim,
+            num_bootstrap=self.alignment_num_bootstrap,
+            confidence=self.alignment_confidence,
+            seed=self.alignment_seed,
+        )
