@@ -15,6 +15,8 @@ from .diagnosis import (
 from .engine.rollouts import RolloutRequest, estimate_success, rollout_requests
 from .engine.verifiers import NumericAnswerReward, extract_final_number, reward_function_score
 from .engine.vjp import parameter_cosines, parameter_gram
+from .integration.callback import GradientAlignmentCallback
+from .integration.config import GradientAlignmentConfig, SelfContext
 from .method.directions import distillation_direction, distillation_loss, ideal_direction, oracle_teacher_logits
 from .method.nodes import candidate_set, entropy, select_nodes
 from .method.stats import Summary, paired_difference, summarize
@@ -26,6 +28,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Diagnosis",
     "DiagnosisConfig",
+    "GradientAlignmentCallback",
+    "GradientAlignmentConfig",
+    "SelfContext",
     "Node",
     "NodeDiagnosis",
     "NumericAnswerReward",

@@ -380,3 +380,42 @@ def estimate_success(
         generator=generator,
     )
     return estimate
+
+
+def sample_completions(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """
+    Fresh on-policy completions of `prompts` (token ids), one each, with the same decoder as targeted rollouts: a
+    prompt is a node whose prefix is the prompt minus its last token and whose single "candidate" is that last token.
+    """
+    if any(len(p) < 2 for p in prompts):
+        raise ValueError("Every prompt needs at least two tokens to sample a completion from it.")
+    completions: list[list[int]] = [[] for _ in prompts]
+
+    def keeper(i):
+        def score(continuations):
+            completions[i] = list(continuations[0][1:])
+            return [0.0]
+
+        return score
+
+    sequences = [torch.as_tensor(list(p), dtype=torch.long) for p in prompts]
+    requests = [RolloutRequest(i, len(p) - 1, torch.tensor([int(p[-1])]), keeper(i)) for i, p in enumerate(prompts)]
+    rollout_requests(
+        model,
+        sequences,
+        requests,
+        1,
+        max_new_tokens,
+        temperature=temperature,
+        eos_token_id=eos_token_id,
+        generator=generator,
+    )
+    return completions

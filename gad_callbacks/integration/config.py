@@ -79,6 +79,8 @@ class GradientAlignmentConfig:
             Bootstrap replicates for per-node intervals.
         alignment_confidence (`float`, *optional*, defaults to `0.95`):
             Level of every interval.
+        alignment_correct_threshold (`float`, *optional*, defaults to `0.5`):
+            A rollout whose reward is at least this counts as correct (for the correct / incorrect split).
         alignment_answer_column (`str`, *optional*, defaults to `"answer"`):
             Dataset column with the reference answer (used by the built-in numeric verifier and available to reward
             functions).
@@ -117,6 +119,9 @@ class GradientAlignmentConfig:
     alignment_sketch_dim: int | None = field(default=None, metadata={"help": "CountSketch dimension (optional)."})
     alignment_num_bootstrap: int = field(default=200, metadata={"help": "Bootstrap replicates per node."})
     alignment_confidence: float = field(default=0.95, metadata={"help": "Level of every interval."})
+    alignment_correct_threshold: float = field(
+        default=0.5, metadata={"help": "Reward at or above which a rollout is correct."}
+    )
     alignment_answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
     alignment_trainer_teacher: str = field(
         default="teacher", metadata={"help": "Name of the trainer's own teacher; empty to leave it out."}

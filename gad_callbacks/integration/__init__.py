@@ -1,0 +1,1 @@
+"""Layer 4: the TRL integration: the callback, per-trainer adapters, teachers."""

@@ -1,0 +1,260 @@
+"""Per-trainer adapters: where each TRL trainer keeps its rollouts and how its loss is defined.
+
+Everything trainer-specific lives here, one small class per trainer; the callback talks to an adapter only. Loss
+settings are read off the trainer's own arguments, because the defaults differ between trainers (TRL's `beta`:
+0 forward KL, 1 reverse KL; GKD samples at `temperature` but computes its loss at temperature 1; SDFT divides both
+logits by `temperature` and may restrict the loss to the student's top-k).
+"""
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ..diagnosis import TeacherLoss
+from ..engine.rollouts import sample_completions
+
+
+@dataclass
+class Rollout:
+    """One student rollout: token ids without padding, and the dataset row it answers (None when unknown)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    row: dict | None
+    row_index: int | None
+    trainer_teacher_prompt_ids: list[int] | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def _unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    return ids[mask.bool()].tolist()
+
+
+class PromptIndex:
+    """
+    Maps a prompt, as the trainer tokenizes it, back to its dataset row. TRL's buffers keep token ids but not the row
+    (and shuffle them), while the verifier needs the row's reference answer. Built on first use, in batches.
+    """
+
+    def __init__(self, dataset, prompt_of, tokenize, batch_size: int = 256):
+        self.dataset, self.prompt_of, self.tokenize, self.batch_size = dataset, prompt_of, tokenize, batch_size
+        self._index: dict[tuple, int] | None = None
+
+    def lookup(self, prompt_ids) -> int | None:
+        if self._index is None:
+            self._index = {}
+            for start in range(0, len(self.dataset), self.batch_size):
+                rows = self.dataset[start : start + self.batch_size]
+                prompts = [
+                    self.prompt_of({k: v[i] for k, v in rows.items()}) for i in range(len(next(iter(rows.values()))))
+                ]
+                for offset, ids in enumerate(self.tokenize(prompts)):
+                    self._index.setdefault(tuple(ids), start + offset)
+        return self._index.get(tuple(prompt_ids))
+
+
+class TrainerAdapter:
+    """What the callback needs from a trainer. Subclasses fill in the trainer-specific parts."""
+
+    #: where rollouts come from, for the README and error messages
+    rollout_source = ""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.args = trainer.args
+        self.tokenizer = getattr(trainer, "_tokenizer", None) or trainer.processing_class
+        self.dataset = trainer.train_dataset
+        self.index = PromptIndex(self.dataset, self.prompt_of, self.tokenize_prompts)
+
+    # -- settings ---------------------------------------------------------------------------------------------------
+    def teacher_loss(self) -> TeacherLoss:
+        raise NotImplementedError
+
+    def temperature(self) -> float:
+        return float(self.args.temperature)
+
+    def max_completion_length(self) -> int:
+        return int(self.args.max_completion_length)
+
+    def sampling_warnings(self) -> list[str]:
+        warnings = []
+        if getattr(self.args, "top_p", 1.0) not in (None, 1.0) or getattr(self.args, "top_k", 0) not in (None, 0):
+            warnings.append(
+                f"the trainer samples with top_p={getattr(self.args, 'top_p', None)}, top_k="
+                f"{getattr(self.args, 'top_k', None)}; targeted rollouts sample at temperature "
+                f"{self.temperature()} without truncation, so the ideal refers to the untruncated policy"
+            )
+        return warnings
+
+    # -- prompts ----------------------------------------------------------------------------------------------------
+    def prompt_of(self, row: dict):
+        return row["prompt"]
+
+    def tokenize_prompts(self, prompts: list) -> list[list[int]]:
+        raise NotImplementedError
+
+    def row(self, index: int | None) -> dict | None:
+        return None if index is None else self.dataset[int(index)]
+
+    # -- rollouts and the trainer's own teacher ---------------------------------------------------------------------
+    def rollouts(self, student, generator: torch.Generator) -> list[Rollout]:
+        raise NotImplementedError
+
+    def trainer_teacher(self):
+        """(model, context manager factory, prompt ids of a rollout, positions the loss skips) of the trainer's teacher."""
+        model = self.trainer.accelerator.unwrap_model(self.trainer.teacher_model)
+        return model, contextlib.nullcontext, lambda rollout: rollout.prompt_ids, 0
+
+    def _buffered(self) -> list[Rollout]:
+        buffers = getattr(self.trainer, "_buffered_inputs", None)
+        if not buffers:
+            return []
+        rollouts = []
+        for batch in buffers:
+            for b in range(batch["prompt_ids"].shape[0]):
+                prompt = _unpadded(batch["prompt_ids"][b].cpu(), batch["prompt_mask"][b].cpu())
+                completion = _unpadded(batch["completion_ids"][b].cpu(), batch["completion_mask"][b].cpu())
+                index = self.index.lookup(prompt)
+                teacher_prompt = None
+                if "teacher_input_ids" in batch:
+                    width = batch["completion_ids"].shape[1]
+                    t_ids, t_mask = (
+                        batch["teacher_input_ids"][b, :-width].cpu(),
+                        batch["teacher_attention_mask"][b, :-width],
+                    )
+                    teacher_prompt = _unpadded(t_ids, t_mask.cpu())
+                rollouts.append(Rollout(prompt, completion, self.row(index), index, teacher_prompt))
+        return rollouts
+
+
+class DistillationAdapter(TrainerAdapter):
+    """`trl.DistillationTrainer`: rollouts from `_buffered_inputs`; loss = generalized JSD(`beta`) at `temperature`."""
+
+    rollout_source = "the trainer's buffered on-policy rollouts (`_buffered_inputs`)"
+
+    def teacher_loss(self) -> TeacherLoss:
+        return TeacherLoss("jsd", beta=float(self.args.beta), temperature=float(self.args.temperature))
+
+    def tokenize_prompts(self, prompts):
+        return [list(ids) for ids in self.trainer._tokenize_prompts(prompts)[0]]
+
+    def rollouts(self, student, generator):
+        return self._buffered()
+
+
+class GKDAdapter(TrainerAdapter):
+    """
+    `trl.experimental.gkd.GKDTrainer`: it keeps no rollouts, so fresh ones are sampled from training prompts at the
+    trainer's `temperature` and `max_new_tokens`; loss = generalized JSD(`beta`) at temperature 1 (GKD's
+    `compute_loss` does not pass its temperature to the loss).
+    """
+
+    rollout_source = "fresh rollouts from training prompts (GKDTrainer keeps none)"
+
+    def __init__(self, trainer, rollouts_per_pause: int = 4):
+        super().__init__(trainer)
+        self.rollouts_per_pause = rollouts_per_pause
+
+    def teacher_loss(self) -> TeacherLoss:
+        return TeacherLoss("jsd", beta=float(self.args.beta), temperature=1.0)
+
+    def max_completion_length(self) -> int:
+        return int(self.args.max_new_tokens)
+
+    def prompt_of(self, row):
+        return row["messages"][:-1] if "messages" in row else row["prompt"]
+
+    def tokenize_prompts(self, prompts):
+        out = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                out.append(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            else:
+                out.append(
+                    list(
+                        self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)[
+                            "input_ids"
+                        ]
+                    )
+                )
+        return out
+
+    def rollouts(self, student, generator):
+        n = min(self.rollouts_per_pause, len(self.dataset))
+        indices = torch.randperm(len(self.dataset), generator=generator)[:n].tolist()
+        rows = [self.dataset[i] for i in indices]
+        prompts = self.tokenize_prompts([self.prompt_of(r) for r in rows])
+        device_gen = torch.Generator(device=next(student.parameters()).device).manual_seed(
+            int(torch.randint(0, 2**62, (1,), generator=generator))
+        )
+        completions = sample_completions(
+            student,
+            prompts,
+            self.max_completion_length(),
+            temperature=self.temperature(),
+            eos_token_id=self.tokenizer.eos_token_id,
+            generator=device_gen,
+        )
+        return [Rollout(p, c, r, i) for p, c, r, i in zip(prompts, completions, rows, indices, strict=True)]
+
+
+class SDFTAdapter(TrainerAdapter):
+    """
+    `trl.experimental.sdft.SDFTTrainer`: rollouts and teacher prompts from `_buffered_inputs`; the trainer's teacher
+    is the student under the privileged prompt (`teacher_model_kind` weights); loss per `distillation_mode`, on
+    logits divided by `temperature`; the first `num_loss_tokens_to_skip` completion tokens carry no loss.
+    """
+
+    rollout_source = "the trainer's buffered rollouts with their privileged teacher prompts (`_buffered_inputs`)"
+
+    def teacher_loss(self) -> TeacherLoss:
+        mode, alpha, temperature = (
+            self.args.distillation_mode,
+            float(self.args.distillation_alpha),
+            float(self.args.temperature),
+        )
+        if mode == "sampled_token":
+            return TeacherLoss("sampled_token", temperature=temperature)
+        top_k = self.args.distillation_topk if mode == "topk_logits" else None
+        return TeacherLoss(
+            "jsd", beta=alpha, temperature=temperature, top_k=top_k, add_tail=bool(self.args.distillation_add_tail)
+        )
+
+    def tokenize_prompts(self, prompts):
+        return [list(ids) for ids in self.trainer._tokenize_prompts(prompts)]
+
+    def rollouts(self, student, generator):
+        return self._buffered()
+
+    def trainer_teacher(self):
+        model = self.trainer.accelerator.unwrap_model(self.trainer.teacher_model)
+        skip = int(getattr(self.args, "num_loss_tokens_to_skip", 0) or 0)
+        return (
+            model,
+            self.trainer._get_teacher_context_for_self_distillation,
+            lambda r: r.trainer_teacher_prompt_ids,
+            skip,
+        )
+
+
+def adapter_for(trainer, rollouts_per_pause: int = 4) -> TrainerAdapter:
+    """The adapter of a supported trainer, or a `ValueError` naming the supported ones."""
+    from trl import DistillationTrainer
+
+    with warnings.catch_warnings():  # importing trl.experimental warns; the user chose these trainers already
+        warnings.simplefilter("ignore")
+        from trl.experimental.gkd import GKDTrainer
+        from trl.experimental.sdft import SDFTTrainer
+
+    if isinstance(trainer, SDFTTrainer):
+        return SDFTAdapter(trainer)
+    if isinstance(trainer, GKDTrainer):
+        return GKDAdapter(trainer, rollouts_per_pause)
+    if isinstance(trainer, DistillationTrainer):
+        return DistillationAdapter(trainer)
+    raise ValueError(
+        f"GradientAlignmentCallback does not support {type(trainer).__name__}. Supported trainers: "
+        "trl.DistillationTrainer, trl.experimental.gkd.GKDTrainer, trl.experimental.sdft.SDFTTrainer."
+    )

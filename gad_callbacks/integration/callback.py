@@ -1,0 +1,353 @@
+"""`GradientAlignmentCallback`: pause a TRL distillation run, diagnose every teacher on the same nodes, log.
+
+What one pause does, in order (all of it at `on_step_end`, where the optimizer has stepped and gradients are zeroed):
+take the student's latest rollouts from the trainer (or sample fresh ones), verify each, pick nodes, read every
+teacher's logits there, run the diagnosis (targeted rollouts, directions, parameter-space cosines), then log scalars
+through `Trainer.log`, histograms to TensorBoard and per-node records to disk.
+
+The observed run must continue exactly as without the callback: the global RNG streams are saved and restored, the
+model's modes and `requires_grad` flags are restored by the engine, gradients are taken with `torch.autograd.grad`
+(never `.backward()`, so `.grad` and optimizer hooks are untouched), the trainer's `_metrics` are not used (TRL's
+`log` overrides flush them; the base `Trainer.log` is called instead), and a failing pause is a counted skip with a
+warning, never an exception into the training loop.
+"""
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from ..diagnosis import Node, diagnose_nodes
+from ..engine.model_io import logits_at
+from ..engine.verifiers import NumericAnswerReward, reward_function_score
+from ..method.nodes import entropy, select_nodes
+from ..outputs.metrics import pause_metrics
+from ..outputs.records import node_records, write_records
+from ..outputs.tensorboard import AlignmentBoard, find_tensorboard_writer
+from .adapters import adapter_for
+from .config import GradientAlignmentConfig
+from .teachers import TeacherSource, check_vocabulary, context_teacher
+
+
+logger = logging.getLogger(__name__)
+
+_LAST_INSTANCE = None  # see `GradientAlignmentCallback.__init__` (checkpoint restore path)
+
+
+@contextmanager
+def preserved_rng():
+    """Save and restore every global RNG stream the training loop may draw from."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class GradientAlignmentCallback(TrainerCallback, ExportableState):
+    """
+    Logs, while a TRL on-policy distillation run trains, how well each teacher's distillation gradient aligns with
+    the ideal gradient (the update that most raises the student's chance of solving the problem, estimated by
+    targeted rollouts), per teacher and per self-distillation context, on the student's own rollouts.
+
+    Supported trainers: [`~trl.DistillationTrainer`], [`~trl.experimental.gkd.GKDTrainer`],
+    [`~trl.experimental.sdft.SDFTTrainer`].
+
+    Args:
+        trainer ([`~transformers.Trainer`]):
+            The trainer to observe (constructed, not yet training).
+        config ([`GradientAlignmentConfig`], *optional*):
+            Every knob; defaults when omitted.
+        teachers (`dict[str, PreTrainedModel | str]`, *optional*):
+            Extra teacher models (or paths / Hub ids) by short name, besides the trainer's own teacher and those in
+            `config.alignment_extra_teachers`. They must share the student's vocabulary.
+        self_contexts (`list[SelfContext]`, *optional*):
+            Extra self-distillation contexts, besides `config.alignment_self_contexts`.
+        reward_func (`Callable`, *optional*):
+            TRL-style reward function `f(prompts, completions, **columns) -> list[float]` verifying completions;
+            defaults to the built-in numeric-answer verifier on `config.alignment_answer_column`.
+
+    Example:
+
+    ```python
+    from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
+
+    trainer = DistillationTrainer(model=..., teacher_model=..., args=..., train_dataset=...)
+    trainer.add_callback(GradientAlignmentCallback(trainer, GradientAlignmentConfig(alignment_every_n_steps=50)))
+    trainer.train()  # TensorBoard: train/gad/alignment/<teacher>, histograms, a custom-scalars layout
+    ```
+    """
+
+    def __init__(
+        self,
+        trainer=None,
+        config: GradientAlignmentConfig | None = None,
+        *,
+        teachers=None,
+        self_contexts=None,
+        reward_func=None,
+    ):
+        global _LAST_INSTANCE
+        if trainer is None:
+            # transformers' `restore_callback_states_from_checkpoint` rebuilds callbacks from their `state()` alone;
+            # the trainer cannot be serialised, so adopt the live callback this one replaces.
+            if _LAST_INSTANCE is None:
+                raise ValueError(
+                    "GradientAlignmentCallback needs the trainer: GradientAlignmentCallback(trainer, config)."
+                )
+            self.__dict__.update(_LAST_INSTANCE.__dict__)
+            return
+        self.trainer = trainer
+        self.config = config or GradientAlignmentConfig()
+        self.adapter = adapter_for(trainer, self.config.alignment_rollouts_per_pause)
+        self.student = trainer.accelerator.unwrap_model(trainer.model)
+        self.reward_func = reward_func or NumericAnswerReward(self.config.alignment_answer_column)
+        if (
+            isinstance(self.reward_func, NumericAnswerReward)
+            and self.reward_func.answer_column not in self.adapter.dataset.column_names
+        ):
+            raise ValueError(
+                f"The training dataset has no column {self.reward_func.answer_column!r} with reference answers "
+                f"(columns: {self.adapter.dataset.column_names}). Set alignment_answer_column, or pass reward_func."
+            )
+        self.teachers = self._build_teachers(teachers or {}, self_contexts or [])
+        for warning in self.adapter.sampling_warnings():
+            logger.warning("gad: %s.", warning)
+        self.pauses, self.nodes_total, self.errors, self.skipped, self.last_step = 0, 0, 0, {}, -1
+        self._board = None
+        _LAST_INSTANCE = self
+
+    # -- set-up -----------------------------------------------------------------------------------------------------
+    def _build_teachers(self, extra_models: dict, extra_contexts: list) -> list[TeacherSource]:
+        loss, cfg = self.adapter.teacher_loss(), self.config
+        sources = []
+        if cfg.alignment_trainer_teacher:
+            model, ctx, prompt, skip = self.adapter.trainer_teacher()
+            sources.append(TeacherSource(cfg.alignment_trainer_teacher, loss, model, prompt, ctx, skip))
+        for name, model in {**cfg.extra_teachers, **extra_models}.items():
+            if isinstance(model, str):
+                from transformers import AutoModelForCausalLM
+
+                model = AutoModelForCausalLM.from_pretrained(model, dtype=self.student.dtype)
+            check_vocabulary(name, model, self.student)
+            model = self.trainer.accelerator.prepare_model(model.requires_grad_(False).eval(), evaluation_mode=True)
+            sources.append(
+                TeacherSource(name, loss, self.trainer.accelerator.unwrap_model(model), lambda r: r.prompt_ids)
+            )
+        for context in cfg.self_contexts + list(extra_contexts):
+            sources.append(context_teacher(context, self.student, self.adapter, loss))
+        names = [s.name for s in sources]
+        if not sources:
+            raise ValueError(
+                "No teacher to diagnose: keep alignment_trainer_teacher, or add teachers or self-contexts."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"Teacher names must be unique, got {names}.")
+        return sources
+
+    # -- checkpoint state -------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "args": {},
+            "attributes": {
+                "pauses": self.pauses,
+                "nodes_total": self.nodes_total,
+                "errors": self.errors,
+                "skipped": dict(self.skipped),
+                "last_step": self.last_step,
+            },
+        }
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Resuming: restore our counters from the checkpoint's trainer state whether or not transformers was asked
+        # to restore callback states itself.
+        saved = state.stateful_callbacks.get(type(self).__name__) if state.stateful_callbacks else None
+        if isinstance(saved, list):
+            saved = saved[0] if saved else None
+        if saved and saved.get("attributes"):
+            for key, value in saved["attributes"].items():
+                setattr(self, key, value)
+
+    # -- the pause --------------------------------------------------------------------------------------------------
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if step % self.config.alignment_every_n_steps != 0 or step == self.last_step:
+            return
+        self.last_step = step
+        start = time.perf_counter()
+        with preserved_rng():
+            try:
+                metrics, rows = self._pause(step, state.is_local_process_zero)
+            except Exception as err:  # a diagnostic must never take the training run down with it
+                self.errors += 1
+                logger.warning("gad: pause at step %d skipped: %s: %s", step, type(err).__name__, err, exc_info=True)
+                metrics, rows = {}, []
+        self.pauses += 1
+        metrics["gad/seconds"] = time.perf_counter() - start
+        metrics["gad/errors"] = float(self.errors)
+        # Logging goes through the callback handler's `on_log`, which clears `control.should_log`: the trainer's own
+        # log at this step would silently vanish. Keep the control flags exactly as the trainer set them.
+        flags = dict(vars(control))
+        self._log(args, state, metrics, rows)
+        vars(control).update(flags)
+        self.trainer.control = control
+
+    def _seed(self, step: int) -> int:
+        return (self.config.alignment_seed * 1_000_003 + step) % (2**62)
+
+    def _verify(self, rollout) -> float:
+        prompt = self.adapter.prompt_of(rollout.row)
+        text = self.adapter.tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
+        completion = [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+        columns = {k: [v] for k, v in rollout.row.items()}
+        return float(
+            self.reward_func(
+                prompts=[prompt], completions=[completion], completion_ids=[rollout.completion_ids], **columns
+            )[0]
+        )
+
+    def _pause(self, step: int, show_progress: bool):
+        cfg, adapter = self.config, self.adapter
+        generator = torch.Generator().manual_seed(self._seed(step))
+        rollouts = adapter.rollouts(self.student, generator)
+        if len(rollouts) > cfg.alignment_rollouts_per_pause:
+            pick = torch.randperm(len(rollouts), generator=generator)[: cfg.alignment_rollouts_per_pause]
+            rollouts = [rollouts[i] for i in sorted(pick.tolist())]
+        skipped = Counter()
+        usable = []
+        for rollout in rollouts:
+            if rollout.row is None:
+                skipped["unknown_prompt"] += 1
+            elif not rollout.completion_ids:
+                skipped["empty_rollout"] += 1
+            else:
+                try:
+                    usable.append((rollout, self._verify(rollout)))
+                except Exception as err:
+                    skipped["verifier_error"] += 1
+                    logger.warning("gad: verifier raised on a rollout (skipped): %s: %s", type(err).__name__, err)
+        losses = {t.name: t.loss for t in self.teachers}
+        diag_config = cfg.diagnosis(adapter.max_completion_length(), adapter.temperature())
+        limit = adapter.max_completion_length()
+        rows = []
+        bar = tqdm(usable, desc=f"gad step {step}", leave=False, disable=not show_progress)
+        for i, (rollout, reward) in enumerate(bar):
+            seq = torch.tensor(rollout.prompt_ids + rollout.completion_ids)
+            p, length = len(rollout.prompt_ids), len(rollout.completion_ids)
+            entropies = None
+            if cfg.alignment_node_strategy == "entropy":
+                entropies = entropy(logits_at(self.student, seq, range(p - 1, p + length - 1)), adapter.temperature())
+            positions = select_nodes(
+                length,
+                cfg.alignment_nodes_per_rollout,
+                cfg.alignment_node_strategy,
+                entropies=entropies,
+                generator=generator,
+            ).tolist()
+            teacher_logits = {t.name: t.logits(rollout, positions) for t in self.teachers}
+            columns = {k: v for k, v in rollout.row.items() if k != "prompt"}
+            prompt = adapter.prompt_of(rollout.row)
+            nodes, meta = [], []
+            for j, t in enumerate(positions):
+                score = reward_function_score(
+                    self.reward_func, adapter.tokenizer, prompt, rollout.completion_ids[:t], columns
+                )
+                nodes.append(
+                    Node(
+                        0,
+                        p + t,
+                        {n: v[j] for n, v in teacher_logits.items()},
+                        score,
+                        max_new_tokens=max(limit - t - 1, 0),
+                    )
+                )
+                meta.append(
+                    {
+                        "rollout_id": f"{step}-{i}",
+                        "question_id": rollout.row_index,
+                        "reward": reward,
+                        "correct": reward >= cfg.alignment_correct_threshold,
+                        "position": t,
+                        "completion_length": length,
+                        "rel_position": t / max(length - 1, 1),
+                        "token_text": adapter.tokenizer.decode([rollout.completion_ids[t]]),
+                    }
+                )
+            diag_config.seed = self._seed(step) + i
+            diagnosis = diagnose_nodes(self.student, [seq], nodes, losses, diag_config)
+            rows += node_records(diagnosis, meta, step)
+        names = [t.name for t in self.teachers]
+        metrics = pause_metrics(rows, names, cfg.alignment_confidence, seed=self._seed(step))
+        per_teacher = max(len(names), 1)
+        metrics.update(
+            {
+                "gad/rollouts": float(len(usable)),
+                "gad/correct_frac": sum(r >= cfg.alignment_correct_threshold for _, r in usable) / len(usable)
+                if usable
+                else math.nan,
+                "gad/nodes": float(len(rows) // per_teacher),
+                "gad/targeted_rollouts": float(
+                    sum(len(r["candidates"]) * r["targeted_per_candidate"] for r in rows) // per_teacher
+                ),
+            }
+        )
+        for reason, count in skipped.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+            metrics[f"gad/skipped/{reason}"] = float(count)
+        self.nodes_total += len(rows) // per_teacher
+        return metrics, rows
+
+    # -- outputs ----------------------------------------------------------------------------------------------------
+    def _log(self, args, state, metrics: dict, rows: list[dict]) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if not math.isnan(v)}
+        # The base Trainer.log, not TRL's override: TRL's averages and clears the trainer's own running metrics.
+        Trainer.log(self.trainer, dict(finite))
+        if not state.is_world_process_zero:
+            return
+        out_dir = Path(args.output_dir) / self.config.alignment_output_subdir
+        if rows and self.config.alignment_write_records:
+            write_records(rows, out_dir / "records", state.global_step)
+        if self._board is None:
+            writer = find_tensorboard_writer(self.trainer)
+            own = writer is None
+            if own:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(out_dir / "tensorboard"))
+            self._board = AlignmentBoard(
+                writer, [t.name for t in self.teachers], write_scalars=own, histograms=self.config.alignment_histograms
+            )
+        self._board.log(state.global_step, finite, rows)
+        parts = []
+        for t in self.teachers:
+            key = f"gad/alignment/{t.name}"
+            if key in finite:
+                parts.append(
+                    f"{t.name} {finite[key]:+.3f} [{finite.get(key + '/ci_low', math.nan):+.3f}, {finite.get(key + '/ci_high', math.nan):+.3f}] n={int(finite.get(key + '/nodes', 0))}"
+                )
+            else:
+                parts.append(f"{t.name} undefined")
+        tqdm.write(
+            f"gad step {state.global_step}: {int(finite.get('gad/nodes', 0))} nodes, {int(finite.get('gad/rollouts', 0))} rollouts, "
+            f"{finite['gad/seconds']:.1f}s | " + " | ".join(parts)
+        )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # The Trainer's TensorBoard callback closes its own writer; ours is closed here.
+        if self._board is not None and self._board.write_scalars:
+            self._board.writer.close()
+            self._board = None

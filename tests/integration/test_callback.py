@@ -1,0 +1,178 @@
+"""GradientAlignmentCallback on real TRL trainers: logs, records, no perturbation, clear errors."""
+
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
+from gad_callbacks.outputs.records import read_records
+from tests.integration.helpers import (
+    distillation_trainer,
+    gkd_trainer,
+    parity_reward,
+    save_tiny,
+    sdft_trainer,
+    tiny_lm,
+)
+
+
+def config(**overrides):
+    base = dict(
+        alignment_every_n_steps=1,
+        alignment_rollouts_per_pause=2,
+        alignment_nodes_per_rollout=3,
+        alignment_targeted_rollouts=4,
+        alignment_num_bootstrap=50,
+        alignment_self_contexts=["hint:base={prompt} Hint: {hint}", "answer:live={prompt} The answer is {answer}."],
+    )
+    base.update(overrides)
+    return GradientAlignmentConfig(**base)
+
+
+def attach(trainer, cfg=None, **kwargs):
+    cb = GradientAlignmentCallback(trainer, cfg or config(), reward_func=parity_reward, **kwargs)
+    trainer.add_callback(cb)
+    return cb
+
+
+def scalars(output_dir):
+    """Every scalar tag -> {step: value} from the TensorBoard event files under output_dir."""
+    out = {}
+    for events in output_dir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "histograms": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+        for tag in acc.Tags()["histograms"]:
+            out.setdefault("histograms", set()).add(tag)
+    return out
+
+
+def losses_and_weights(trainer):
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    return losses, weights
+
+
+def check_logged(trainer, output_dir, teachers, steps):
+    tb = scalars(output_dir)
+    for teacher in teachers:
+        key = f"train/gad/alignment/{teacher}/nodes"
+        assert key in tb, f"missing {key}; have {sorted(k for k in tb if 'gad' in k)[:20]}"
+        assert sorted(tb[key]) == list(range(1, steps + 1))
+    assert {f"gad/alignment_hist/{t}" for t in teachers} <= tb["histograms"]
+    rows = read_records(output_dir / "gad" / "records")
+    assert {r["teacher"] for r in rows} == set(teachers)
+    assert sorted({r["step"] for r in rows}) == list(range(1, steps + 1))
+    # The scalars are what the records say: recompute the per-teacher mean and node count from the records.
+    for teacher in teachers:
+        for step in range(1, steps + 1):
+            vals = [r["param_cos"] for r in rows if r["teacher"] == teacher and r["step"] == step]
+            defined = [v for v in vals if not math.isnan(v)]
+            assert tb[f"train/gad/alignment/{teacher}/nodes"][step] == len(defined)
+            assert tb[f"train/gad/alignment/{teacher}/undefined"][step] == len(vals) - len(defined)
+            if defined:
+                mean = sum(defined) / len(defined)
+                assert tb[f"train/gad/alignment/{teacher}"][step] == pytest.approx(mean, abs=1e-5)
+    return tb, rows
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_distillation_trainer_logs_every_teacher(tmp_path, peft):
+    trainer = distillation_trainer(tmp_path, peft=peft)
+    cb = attach(trainer)
+    trainer.train()
+    tb, rows = check_logged(trainer, tmp_path, ["teacher", "hint", "answer"], steps=3)
+    assert cb.pauses == 3 and cb.errors == 0
+    assert any(not math.isnan(r["param_cos"]) for r in rows), "parity reward should give defined cosines"
+    assert all(r["targeted_per_candidate"] == 4 for r in rows)
+    assert "train/loss" in tb, "the trainer's own logging must be intact"
+
+
+def test_gkd_trainer_logs_every_teacher(tmp_path):
+    trainer = gkd_trainer(tmp_path)
+    attach(trainer, config(alignment_self_contexts=["hint:live={prompt} Hint: {hint}"]))
+    trainer.train()
+    check_logged(trainer, tmp_path, ["teacher", "hint"], steps=3)
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_sdft_trainer_logs_every_teacher(tmp_path, peft):
+    trainer = sdft_trainer(tmp_path / "run", save_tiny(tmp_path / "student"), peft=peft)
+    attach(trainer, config(alignment_trainer_teacher="sdft"))
+    trainer.train()
+    check_logged(trainer, tmp_path / "run", ["sdft", "hint", "answer"], steps=3)
+
+
+@pytest.mark.parametrize("kind", ["distillation", "gkd", "sdft"])
+def test_training_is_bit_identical_with_and_without_callback(tmp_path, kind):
+    def run(with_callback):
+        out = tmp_path / f"{kind}-{with_callback}"
+        if kind == "distillation":
+            trainer = distillation_trainer(out, report_to="none")
+        elif kind == "gkd":
+            trainer = gkd_trainer(out, report_to="none")
+        else:
+            trainer = sdft_trainer(out, save_tiny(tmp_path / "student"), report_to="none")
+        if with_callback:
+            attach(trainer, config(alignment_node_strategy="entropy"))
+        trainer.train()
+        return losses_and_weights(trainer)
+
+    losses_a, weights_a = run(False)
+    losses_b, weights_b = run(True)
+    assert len(losses_a) == 3
+    assert losses_a == losses_b
+    for name, w in weights_a.items():
+        assert torch.equal(w, weights_b[name]), name
+
+
+def test_attach_time_errors_name_the_fix(tmp_path):
+    trainer = distillation_trainer(tmp_path)
+    with pytest.raises(ValueError, match=r"column\(s\) \['reference'\]"):
+        GradientAlignmentCallback(trainer, config(alignment_self_contexts=["ref:base={prompt} {reference}"]))
+    with pytest.raises(ValueError, match="vocabulary of 100 tokens"):
+        GradientAlignmentCallback(trainer, config(), teachers={"other": tiny_lm(2, vocab_size=100)})
+    with pytest.raises(ValueError, match="no column 'final'"):
+        GradientAlignmentCallback(trainer, config(alignment_answer_column="final"))
+    with pytest.raises(ValueError, match="names must be unique"):
+        GradientAlignmentConfig(alignment_self_contexts=["teacher:base={prompt}"])
+
+    from transformers import Trainer, TrainingArguments
+
+    plain = Trainer(
+        model=tiny_lm(0), args=TrainingArguments(output_dir=str(tmp_path / "plain"), use_cpu=True, report_to="none")
+    )
+    with pytest.raises(ValueError, match="does not support Trainer"):
+        GradientAlignmentCallback(plain, config())
+
+
+def test_failing_verifier_is_a_counted_skip_not_a_crash(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(prompts, completions, **columns):
+        calls["n"] += 1
+        raise RuntimeError("verifier service down")
+
+    trainer = distillation_trainer(tmp_path, steps=2)
+    cb = GradientAlignmentCallback(trainer, config(), reward_func=flaky)
+    trainer.add_callback(cb)
+    trainer.train()  # must not raise
+    assert calls["n"] > 0
+    assert cb.skipped.get("verifier_error", 0) == 4  # 2 rollouts x 2 pauses
+    rows = [r for r in trainer.state.log_history if "gad/skipped/verifier_error" in r]
+    assert [r["gad/skipped/verifier_error"] for r in rows] == [2.0, 2.0]
+    assert [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+
+def test_counters_survive_checkpoint_resume(tmp_path):
+    trainer = distillation_trainer(tmp_path, steps=2, save_strategy="steps", save_steps=2)
+    attach(trainer)
+    trainer.train()
+    resumed = distillation_trainer(tmp_path, steps=3)
+    cb = attach(resumed)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert cb.pauses == 3  # 2 restored from the checkpoint + 1 after resuming
+    assert cb.last_step == 3
