@@ -71,7 +71,7 @@ class DiagnosisConfig:
         teacher_top (`int`, *optional*, defaults to `1`):
             Top tokens of each teacher added to the candidates.
         params (`str`, *optional*, defaults to `"trainable"`):
-            Parameter space: `"trainable"` or `"all"`.
+            Parameter space: `"trainable"`, `"all"`, or a regular expression over parameter names.
         max_vectors (`int`, *optional*, defaults to `64`):
             Most parameter-space vectors per backward pass (memory bound: this many copies of one block's parameters).
         sketch_dim (`int`, *optional*):
@@ -112,7 +112,6 @@ class DiagnosisConfig:
             "mass": 0 < self.mass <= 1,
             "max_candidates": self.max_candidates >= 1,
             "teacher_top": self.teacher_top >= 0,
-            "params": self.params in ("trainable", "all"),
             "max_vectors": self.max_vectors >= 1,
             "sketch_dim": self.sketch_dim is None or self.sketch_dim >= 1,
             "num_bootstrap": self.num_bootstrap >= 0,

@@ -8,6 +8,7 @@ follow the student's actual policy).
 
 import contextlib
 import inspect
+import re
 
 import torch
 
@@ -62,20 +63,24 @@ def grad_enabled_on(params: list[torch.nn.Parameter]):
 def select_parameters(model: torch.nn.Module, params) -> list[torch.nn.Parameter]:
     """
     The parameter space of the diagnostic: `"trainable"` (what `requires_grad` selects: the LoRA adapters under PEFT,
-    every weight in full fine-tuning), `"all"` (every weight, frozen ones included), or an explicit list of parameters.
-    Tied weights appear once.
+    every weight in full fine-tuning), `"all"` (every weight, frozen ones included), a regular expression matched
+    against parameter names (e.g. `"mlp"` or `"layers\\.(1|2)\\."`), or an explicit list of parameters. Tied
+    weights appear once.
     """
     if params == "trainable":
         chosen = [p for p in model.parameters() if p.requires_grad]
     elif params == "all":
         chosen = list(model.parameters())
     elif isinstance(params, str):
-        raise ValueError(f"params must be 'trainable', 'all' or a list of parameters, got {params!r}.")
+        pattern = re.compile(params)
+        chosen = [p for name, p in model.named_parameters() if pattern.search(name)]
+        if not chosen:
+            raise ValueError(f"No parameter name matches {params!r}; names look like {next(iter(dict(model.named_parameters())))!r}.")
     else:
         chosen = list(params)
     if not chosen:
         raise ValueError(
-            "The parameter space is empty: no parameter requires grad. Pass params='all' or a list of parameters."
+            "The parameter space is empty: no parameter requires grad. Pass params='all', a name pattern, or a list."
         )
     return chosen
 

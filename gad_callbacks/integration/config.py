@@ -70,7 +70,8 @@ class GradientAlignmentConfig:
         alignment_teacher_top_tokens (`int`, *optional*, defaults to `1`):
             Top tokens of each teacher added to the candidates.
         alignment_params (`str`, *optional*, defaults to `"trainable"`):
-            Parameter space: `"trainable"` (LoRA adapters under PEFT, every weight otherwise) or `"all"`.
+            Parameter space: `"trainable"` (LoRA adapters under PEFT, every weight otherwise), `"all"`, or a regular
+            expression over parameter names (a user-chosen subset, e.g. `"mlp"`).
         alignment_max_vectors (`int`, *optional*, defaults to `64`):
             Parameter-space vectors per backward pass (bounds probe memory).
         alignment_sketch_dim (`int`, *optional*):
@@ -114,7 +115,7 @@ class GradientAlignmentConfig:
     alignment_candidate_mass: float = field(default=0.95, metadata={"help": "Student mass the candidates cover."})
     alignment_max_candidates: int = field(default=8, metadata={"help": "Cap on the student's own candidates."})
     alignment_teacher_top_tokens: int = field(default=1, metadata={"help": "Teacher top tokens added to candidates."})
-    alignment_params: str = field(default="trainable", metadata={"help": "'trainable' or 'all' parameters."})
+    alignment_params: str = field(default="trainable", metadata={"help": "'trainable', 'all', or a regex over parameter names."})
     alignment_max_vectors: int = field(default=64, metadata={"help": "Parameter-space vectors per backward pass."})
     alignment_sketch_dim: int | None = field(default=None, metadata={"help": "CountSketch dimension (optional)."})
     alignment_num_bootstrap: int = field(default=200, metadata={"help": "Bootstrap replicates per node."})

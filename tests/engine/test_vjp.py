@@ -129,3 +129,17 @@ def test_bad_shapes_raise():
         for p in frozen.parameters():
             p.requires_grad_(False)
         parameter_cosines(frozen, ids, 3, torch.randn(2, 48))
+
+
+def test_parameter_subset_by_name_pattern():
+    model = tiny_model("qwen2", layers=2).eval()
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 48, (10,), generator=g)
+    directions = torch.randn(3, 48, generator=g)
+    got = parameter_cosines(model, ids, 6, directions, params=r"mlp\.(up|down)_proj")
+    chosen = [p for n, p in model.named_parameters() if "mlp.up_proj" in n or "mlp.down_proj" in n]
+    assert len(chosen) == 4
+    expected = reference_cosines(reference_vectors(model, ids, 6, directions, chosen))
+    assert_close_with_nans(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="No parameter name matches"):
+        parameter_cosines(model, ids, 6, directions, params="no_such_module")

@@ -47,6 +47,7 @@ def scalars(output_dir):
             out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
         for tag in acc.Tags()["histograms"]:
             out.setdefault("histograms", set()).add(tag)
+        out.setdefault("tensors", set()).update(acc.Tags()["tensors"])
     return out
 
 
@@ -63,6 +64,7 @@ def check_logged(trainer, output_dir, teachers, steps):
         assert key in tb, f"missing {key}; have {sorted(k for k in tb if 'gad' in k)[:20]}"
         assert sorted(tb[key]) == list(range(1, steps + 1))
     assert {f"gad/alignment_hist/{t}" for t in teachers} <= tb["histograms"]
+    assert "custom_scalars__config__" in tb["tensors"], "the one-chart-per-view layout is missing"
     rows = read_records(output_dir / "gad" / "records")
     assert {r["teacher"] for r in rows} == set(teachers)
     assert sorted({r["step"] for r in rows}) == list(range(1, steps + 1))
@@ -91,8 +93,9 @@ def test_distillation_trainer_logs_every_teacher(tmp_path, peft):
     assert "train/loss" in tb, "the trainer's own logging must be intact"
 
 
-def test_gkd_trainer_logs_every_teacher(tmp_path):
-    trainer = gkd_trainer(tmp_path)
+@pytest.mark.parametrize("peft", [False, True])
+def test_gkd_trainer_logs_every_teacher(tmp_path, peft):
+    trainer = gkd_trainer(tmp_path, peft=peft)
     attach(trainer, config(alignment_self_contexts=["hint:live={prompt} Hint: {hint}"]))
     trainer.train()
     check_logged(trainer, tmp_path, ["teacher", "hint"], steps=3)
@@ -106,12 +109,14 @@ def test_sdft_trainer_logs_every_teacher(tmp_path, peft):
     check_logged(trainer, tmp_path / "run", ["sdft", "hint", "answer"], steps=3)
 
 
-@pytest.mark.parametrize("kind", ["distillation", "gkd", "sdft"])
+@pytest.mark.parametrize("kind", ["distillation", "distillation-lora-checkpointing", "gkd", "sdft"])
 def test_training_is_bit_identical_with_and_without_callback(tmp_path, kind):
     def run(with_callback):
         out = tmp_path / f"{kind}-{with_callback}"
         if kind == "distillation":
             trainer = distillation_trainer(out, report_to="none")
+        elif kind == "distillation-lora-checkpointing":
+            trainer = distillation_trainer(out, peft=True, report_to="none", gradient_checkpointing=True)
         elif kind == "gkd":
             trainer = gkd_trainer(out, report_to="none")
         else:
@@ -176,3 +181,28 @@ def test_counters_survive_checkpoint_resume(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert cb.pauses == 3  # 2 restored from the checkpoint + 1 after resuming
     assert cb.last_step == 3
+
+
+def test_config_parses_from_yaml_with_trl_parser(tmp_path):
+    from trl import DistillationConfig, TrlParser
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "output_dir: out\nbf16: false\nuse_cpu: true\n"
+        "beta: 0.5\n"
+        "alignment_every_n_steps: 25\n"
+        "alignment_params: mlp\n"
+        "alignment_extra_teachers:\n  - big=some/model\n"
+        "alignment_self_contexts:\n  - 'answer:base={prompt} The answer is {answer}.'\n"
+    )
+    train_args, gad_args = TrlParser((DistillationConfig, GradientAlignmentConfig)).parse_args_and_config(
+        ["--config", str(path), "--alignment_nodes_per_rollout", "6"]
+    )
+    assert train_args.beta == 0.5 and gad_args.alignment_every_n_steps == 25
+    assert gad_args.alignment_nodes_per_rollout == 6 and gad_args.alignment_params == "mlp"
+    assert gad_args.extra_teachers == {"big": "some/model"}
+    assert [(c.name, c.weights, c.template) for c in gad_args.self_contexts] == [
+        ("answer", "base", "{prompt} The answer is {answer}.")
+    ]
+    with pytest.raises(ValueError, match="alignment_node_strategy"):
+        GradientAlignmentConfig(alignment_node_strategy="random")

@@ -1,0 +1,104 @@
+"""Per-pause overhead of GradientAlignmentCallback on a tiny DistillationTrainer run, measured side by side.
+
+    python -m benchmarks.bench_callback
+
+The same run (1.1M-parameter student and teacher, the embedded arithmetic world, batch 8, completions of up to 64
+tokens) trains without the callback, then with it pausing every 5 steps with every other knob at its default
+(4 rollouts x 4 nodes x 8 targeted rollouts per candidate, the trainer's teacher plus one self-distillation
+context). Reported: seconds per training step, seconds per pause, and the share of wall time the diagnostic takes at
+the default cadence (`alignment_every_n_steps=50`).
+"""
+
+import os
+import statistics
+import tempfile
+import time
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from trl import DistillationConfig, DistillationTrainer  # noqa: E402
+
+from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig  # noqa: E402
+from gad_callbacks.world import build_tokenizer, make_dataset  # noqa: E402
+
+
+STEPS, EVERY = 10, 5
+
+
+def model(tok, seed):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+def run(with_callback: bool):
+    tok = build_tokenizer()
+    with tempfile.TemporaryDirectory() as out:
+        args = DistillationConfig(
+            output_dir=out,
+            max_steps=STEPS,
+            per_device_train_batch_size=8,
+            bf16=False,
+            use_cpu=True,
+            report_to="none",
+            logging_steps=1,
+            save_strategy="no",
+            gradient_checkpointing=False,
+            max_completion_length=64,
+            seed=0,
+        )
+        trainer = DistillationTrainer(
+            model=model(tok, 0),
+            teacher_model=model(tok, 1),
+            args=args,
+            processing_class=tok,
+            train_dataset=make_dataset(128).select_columns(["prompt", "answer", "hint"]),
+        )
+        if with_callback:
+            cfg = GradientAlignmentConfig(
+                alignment_every_n_steps=EVERY, alignment_self_contexts=["hint:base={prompt} Hint: {hint}"]
+            )
+            trainer.add_callback(GradientAlignmentCallback(trainer, cfg))
+        start = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - start
+        pauses = [r["gad/seconds"] for r in trainer.state.log_history if "gad/seconds" in r]
+        targeted = [r["gad/targeted_rollouts"] for r in trainer.state.log_history if "gad/targeted_rollouts" in r]
+        return wall, pauses, targeted
+
+
+def main():
+    torch.set_num_threads(2)
+    base_wall, _, _ = run(False)
+    wall, pauses, targeted = run(True)
+    step = base_wall / STEPS
+    pause = statistics.median(pauses)
+    default_every = GradientAlignmentConfig().alignment_every_n_steps
+    print(f"training step without callback: {step:.3f} s ({STEPS} steps, {base_wall:.1f} s)")
+    print(
+        f"with callback every {EVERY} steps: {wall:.1f} s, {len(pauses)} pauses, median {pause:.2f} s per pause "
+        f"({statistics.median(targeted):.0f} targeted rollouts per pause)"
+    )
+    print(f"pause / step: {pause / step:.1f}x")
+    for every in (EVERY, default_every, 200):
+        share = pause / (every * step + pause)
+        print(f"share of wall time at alignment_every_n_steps={every}: {share:.1%}")
+
+
+if __name__ == "__main__":
+    main()
