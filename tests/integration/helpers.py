@@ -34,6 +34,7 @@ def parity_reward(prompts, completions, completion_ids=None, **columns):
 
 
 def common_args(output_dir, steps=3, report_to="tensorboard", **extra):
+    """Small, CPU, deterministic TrainingArguments; `extra` overrides any of them."""
     args = dict(
         output_dir=str(output_dir),
         max_steps=steps,
@@ -59,7 +60,7 @@ def distillation_trainer(output_dir, peft=False, steps=3, callbacks=None, **extr
     from trl import DistillationConfig, DistillationTrainer
 
     ds = make_dataset(16).select_columns(["prompt", "answer", "hint", "solution"])
-    args = DistillationConfig(**common_args(output_dir, steps, **extra), max_completion_length=12)
+    args = DistillationConfig(**common_args(output_dir, steps, max_completion_length=12, **extra))
     return DistillationTrainer(
         model=tiny_lm(0),
         teacher_model=tiny_lm(1),
@@ -75,7 +76,7 @@ def gkd_trainer(output_dir, peft=False, steps=3, **extra):
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     ds = make_dataset(16).select_columns(["messages", "answer", "hint"])
-    args = GKDConfig(**common_args(output_dir, steps, **extra), max_new_tokens=12, lmbda=0.5)
+    args = GKDConfig(**common_args(output_dir, steps, max_new_tokens=12, lmbda=0.5, **extra))
     return GKDTrainer(
         model=tiny_lm(0),
         teacher_model=tiny_lm(1),
@@ -92,9 +93,8 @@ def sdft_trainer(output_dir, student_path, peft=False, steps=3, **extra):
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
     ds = make_dataset(16).select_columns(["prompt", "privileged_context", "answer", "hint"])
-    args = SDFTConfig(
-        **common_args(output_dir, steps, **extra), max_completion_length=12, num_generations=1, distillation_topk=20
-    )
+    defaults = dict(max_completion_length=12, num_generations=1, distillation_topk=20)
+    args = SDFTConfig(**common_args(output_dir, steps, **{**defaults, **extra}))
     return SDFTTrainer(
         model=student_path,
         args=args,
