@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig, distillation_direction
+from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
 from gad_callbacks.integration.adapters import adapter_for
 from tests.integration.helpers import (
     TOKENIZER,
@@ -30,17 +30,7 @@ def random_logits(seed=0):
 
 
 def direction_of(adapter, z, zq, sampled=None):
-    loss = adapter.teacher_loss()
-    return distillation_direction(
-        z,
-        zq,
-        loss.loss,
-        beta=loss.beta,
-        temperature=loss.temperature,
-        sampled_token=sampled,
-        top_k=loss.top_k,
-        add_tail=loss.add_tail,
-    )
+    return adapter.teacher_loss().direction(z, zq, sampled)
 
 
 def test_distillation_adapter_matches_trainer_loss(tmp_path):
