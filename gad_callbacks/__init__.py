@@ -6,17 +6,22 @@ from .diagnosis import (
     DiagnosisConfig,
     Node,
     NodeDiagnosis,
+    PassSettings,
+    Rollout,
     RolloutAlignment,
+    SelfContext,
     TeacherAlignment,
     TeacherLoss,
+    TeacherSource,
     diagnose_node,
     diagnose_nodes,
+    diagnose_rollouts,
 )
 from .engine.rollouts import RolloutRequest, estimate_success, rollout_requests
 from .engine.verifiers import NumericAnswerReward, extract_final_number, reward_function_score
 from .engine.vjp import parameter_cosines, parameter_gram
 from .integration.callback import GradientAlignmentCallback
-from .integration.config import GradientAlignmentConfig, SelfContext
+from .integration.config import GradientAlignmentConfig
 from .method.directions import distillation_direction, distillation_loss, ideal_direction, oracle_teacher_logits
 from .method.nodes import candidate_set, entropy, select_nodes
 from .method.stats import Summary, paired_difference, summarize
@@ -34,6 +39,10 @@ __all__ = [
     "Node",
     "NodeDiagnosis",
     "NumericAnswerReward",
+    "PassSettings",
+    "Rollout",
+    "TeacherSource",
+    "diagnose_rollouts",
     "RolloutAlignment",
     "RolloutRequest",
     "SuccessEstimate",

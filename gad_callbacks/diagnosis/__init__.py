@@ -3,6 +3,8 @@
 from .diagnose import diagnose_node, diagnose_nodes
 from .inputs import DiagnosisConfig, Node, TeacherLoss
 from .results import Diagnosis, NodeDiagnosis, RolloutAlignment, TeacherAlignment
+from .rollout_pass import PassResult, PassSettings, diagnose_rollouts, verify_rollout
+from .teachers import Rollout, SelfContext, TeacherSource, context_teacher, model_teacher
 
 
 __all__ = [
@@ -10,9 +12,18 @@ __all__ = [
     "DiagnosisConfig",
     "Node",
     "NodeDiagnosis",
+    "PassResult",
+    "PassSettings",
+    "Rollout",
     "RolloutAlignment",
+    "SelfContext",
     "TeacherAlignment",
     "TeacherLoss",
+    "TeacherSource",
+    "context_teacher",
     "diagnose_node",
     "diagnose_nodes",
+    "diagnose_rollouts",
+    "model_teacher",
+    "verify_rollout",
 ]

@@ -75,7 +75,9 @@ def select_parameters(model: torch.nn.Module, params) -> list[torch.nn.Parameter
         pattern = re.compile(params)
         chosen = [p for name, p in model.named_parameters() if pattern.search(name)]
         if not chosen:
-            raise ValueError(f"No parameter name matches {params!r}; names look like {next(iter(dict(model.named_parameters())))!r}.")
+            raise ValueError(
+                f"No parameter name matches {params!r}; names look like {next(iter(dict(model.named_parameters())))!r}."
+            )
     else:
         chosen = list(params)
     if not chosen:

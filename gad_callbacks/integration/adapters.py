@@ -6,26 +6,12 @@ settings are read off the trainer's own arguments, because the defaults differ b
 logits by `temperature` and may restrict the loss to the student's top-k).
 """
 
-import contextlib
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 
-from ..diagnosis import TeacherLoss
+from ..diagnosis import Rollout, TeacherLoss, TeacherSource
 from ..engine.rollouts import sample_completions
-
-
-@dataclass
-class Rollout:
-    """One student rollout: token ids without padding, and the dataset row it answers (None when unknown)."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    row: dict | None
-    row_index: int | None
-    trainer_teacher_prompt_ids: list[int] | None = None
-    extras: dict = field(default_factory=dict)
 
 
 def _unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
@@ -102,10 +88,10 @@ class TrainerAdapter:
     def rollouts(self, student, generator: torch.Generator) -> list[Rollout]:
         raise NotImplementedError
 
-    def trainer_teacher(self):
-        """(model, context manager factory, prompt ids of a rollout, positions the loss skips) of the trainer's teacher."""
+    def trainer_teacher(self, name: str) -> TeacherSource:
+        """The trainer's own teacher, with the trainer's own loss: it reads the student's prompt."""
         model = self.trainer.accelerator.unwrap_model(self.trainer.teacher_model)
-        return model, contextlib.nullcontext, lambda rollout: rollout.prompt_ids, 0
+        return TeacherSource(name, self.teacher_loss(), model, lambda rollout: rollout.prompt_ids)
 
     def _buffered(self) -> list[Rollout]:
         buffers = getattr(self.trainer, "_buffered_inputs", None)
@@ -117,15 +103,15 @@ class TrainerAdapter:
                 prompt = _unpadded(batch["prompt_ids"][b].cpu(), batch["prompt_mask"][b].cpu())
                 completion = _unpadded(batch["completion_ids"][b].cpu(), batch["completion_mask"][b].cpu())
                 index = self.index.lookup(prompt)
-                teacher_prompt = None
-                if "teacher_input_ids" in batch:
+                row = self.row(index)
+                extras = {}
+                if "teacher_input_ids" in batch:  # SDFT: the privileged teacher prompt (left-padded), then the completion
                     width = batch["completion_ids"].shape[1]
-                    t_ids, t_mask = (
-                        batch["teacher_input_ids"][b, :-width].cpu(),
-                        batch["teacher_attention_mask"][b, :-width],
-                    )
-                    teacher_prompt = _unpadded(t_ids, t_mask.cpu())
-                rollouts.append(Rollout(prompt, completion, self.row(index), index, teacher_prompt))
+                    t_ids = batch["teacher_input_ids"][b, :-width].cpu()
+                    t_mask = batch["teacher_attention_mask"][b, :-width].cpu()
+                    extras["trainer_teacher_prompt_ids"] = _unpadded(t_ids, t_mask)
+                prompt_obj = None if row is None else self.prompt_of(row)
+                rollouts.append(Rollout(prompt_obj, prompt, completion, row, index, extras))
         return rollouts
 
 
@@ -197,7 +183,10 @@ class GKDAdapter(TrainerAdapter):
             eos_token_id=self.tokenizer.eos_token_id,
             generator=device_gen,
         )
-        return [Rollout(p, c, r, i) for p, c, r, i in zip(prompts, completions, rows, indices, strict=True)]
+        return [
+            Rollout(self.prompt_of(r), p, c, r, i)
+            for p, c, r, i in zip(prompts, completions, rows, indices, strict=True)
+        ]
 
 
 class SDFTAdapter(TrainerAdapter):
@@ -228,14 +217,17 @@ class SDFTAdapter(TrainerAdapter):
     def rollouts(self, student, generator):
         return self._buffered()
 
-    def trainer_teacher(self):
+    def trainer_teacher(self, name: str) -> TeacherSource:
+        """The student under SDFT's privileged prompt with SDFT's teacher weights; the positions its loss skips carry
+        no signal."""
         model = self.trainer.accelerator.unwrap_model(self.trainer.teacher_model)
-        skip = int(getattr(self.args, "num_loss_tokens_to_skip", 0) or 0)
-        return (
+        return TeacherSource(
+            name,
+            self.teacher_loss(),
             model,
+            lambda rollout: rollout.extras.get("trainer_teacher_prompt_ids"),
             self.trainer._get_teacher_context_for_self_distillation,
-            lambda r: r.trainer_teacher_prompt_ids,
-            skip,
+            int(getattr(self.args, "num_loss_tokens_to_skip", 0) or 0),
         )
 
 

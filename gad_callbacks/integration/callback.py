@@ -16,7 +16,6 @@ import logging
 import math
 import random
 import time
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,16 +25,14 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..diagnosis import Node, diagnose_nodes
-from ..engine.model_io import logits_at
-from ..engine.verifiers import NumericAnswerReward, reward_function_score
-from ..method.nodes import entropy, select_nodes
+from ..diagnosis import PassResult, TeacherSource, context_teacher, diagnose_rollouts, model_teacher
+from ..diagnosis.teachers import check_vocabulary
+from ..engine.verifiers import NumericAnswerReward
 from ..outputs.metrics import pause_metrics
-from ..outputs.records import node_records, write_records
+from ..outputs.records import write_records
 from ..outputs.tensorboard import AlignmentBoard, find_tensorboard_writer
 from .adapters import adapter_for
 from .config import GradientAlignmentConfig
-from .teachers import TeacherSource, check_vocabulary, context_teacher
 
 
 logger = logging.getLogger(__name__)
@@ -133,23 +130,23 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
 
     # -- set-up -----------------------------------------------------------------------------------------------------
     def _build_teachers(self, extra_models: dict, extra_contexts: list) -> list[TeacherSource]:
-        loss, cfg = self.adapter.teacher_loss(), self.config
+        loss, cfg, adapter = self.adapter.teacher_loss(), self.config, self.adapter
         sources = []
         if cfg.alignment_trainer_teacher:
-            model, ctx, prompt, skip = self.adapter.trainer_teacher()
-            sources.append(TeacherSource(cfg.alignment_trainer_teacher, loss, model, prompt, ctx, skip))
+            sources.append(adapter.trainer_teacher(cfg.alignment_trainer_teacher))
         for name, model in {**cfg.extra_teachers, **extra_models}.items():
             if isinstance(model, str):
                 from transformers import AutoModelForCausalLM
 
                 model = AutoModelForCausalLM.from_pretrained(model, dtype=self.student.dtype)
             check_vocabulary(name, model, self.student)
+            # Prepared as TRL prepares its own teacher (device placement, evaluation mode).
             model = self.trainer.accelerator.prepare_model(model.requires_grad_(False).eval(), evaluation_mode=True)
-            sources.append(
-                TeacherSource(name, loss, self.trainer.accelerator.unwrap_model(model), lambda r: r.prompt_ids)
-            )
+            sources.append(model_teacher(name, self.trainer.accelerator.unwrap_model(model), self.student, loss))
         for context in cfg.self_contexts + list(extra_contexts):
-            sources.append(context_teacher(context, self.student, self.adapter, loss))
+            sources.append(
+                context_teacher(context, self.student, adapter.tokenize_prompts, loss, adapter.dataset.column_names)
+            )
         names = [s.name for s in sources]
         if not sources:
             raise ValueError(
@@ -191,34 +188,23 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         start = time.perf_counter()
         with preserved_rng():
             try:
-                metrics, rows = self._pause(step, state.is_local_process_zero)
+                metrics, result = self._pause(step, state.is_local_process_zero)
             except Exception as err:  # a diagnostic must never take the training run down with it
                 self.errors += 1
                 logger.warning("gad: pause at step %d skipped: %s: %s", step, type(err).__name__, err, exc_info=True)
-                metrics, rows = {}, []
+                metrics, result = {}, PassResult()
         self.pauses += 1
         metrics["gad/seconds"] = time.perf_counter() - start
         metrics["gad/errors"] = float(self.errors)
         # Logging goes through the callback handler's `on_log`, which clears `control.should_log`: the trainer's own
         # log at this step would silently vanish. Keep the control flags exactly as the trainer set them.
         flags = dict(vars(control))
-        self._log(args, state, metrics, rows)
+        self._log(args, state, metrics, result)
         vars(control).update(flags)
         self.trainer.control = control
 
     def _seed(self, step: int) -> int:
         return (self.config.alignment_seed * 1_000_003 + step) % (2**62)
-
-    def _verify(self, rollout) -> float:
-        prompt = self.adapter.prompt_of(rollout.row)
-        text = self.adapter.tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
-        completion = [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
-        columns = {k: [v] for k, v in rollout.row.items()}
-        return float(
-            self.reward_func(
-                prompts=[prompt], completions=[completion], completion_ids=[rollout.completion_ids], **columns
-            )[0]
-        )
 
     def _pause(self, step: int, show_progress: bool):
         cfg, adapter = self.config, self.adapter
@@ -227,100 +213,38 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         if len(rollouts) > cfg.alignment_rollouts_per_pause:
             pick = torch.randperm(len(rollouts), generator=generator)[: cfg.alignment_rollouts_per_pause]
             rollouts = [rollouts[i] for i in sorted(pick.tolist())]
-        skipped = Counter()
-        usable = []
-        for rollout in rollouts:
-            if rollout.row is None:
-                skipped["unknown_prompt"] += 1
-            elif not rollout.completion_ids:
-                skipped["empty_rollout"] += 1
-            else:
-                try:
-                    usable.append((rollout, self._verify(rollout)))
-                except Exception as err:
-                    skipped["verifier_error"] += 1
-                    logger.warning("gad: verifier raised on a rollout (skipped): %s: %s", type(err).__name__, err)
-        losses = {t.name: t.loss for t in self.teachers}
-        diag_config = cfg.diagnosis(adapter.max_completion_length(), adapter.temperature())
-        limit = adapter.max_completion_length()
-        rows = []
-        bar = tqdm(usable, desc=f"gad step {step}", leave=False, disable=not show_progress)
-        for i, (rollout, reward) in enumerate(bar):
-            seq = torch.tensor(rollout.prompt_ids + rollout.completion_ids)
-            p, length = len(rollout.prompt_ids), len(rollout.completion_ids)
-            entropies = None
-            if cfg.alignment_node_strategy == "entropy":
-                entropies = entropy(logits_at(self.student, seq, range(p - 1, p + length - 1)), adapter.temperature())
-            positions = select_nodes(
-                length,
-                cfg.alignment_nodes_per_rollout,
-                cfg.alignment_node_strategy,
-                entropies=entropies,
-                generator=generator,
-            ).tolist()
-            teacher_logits = {t.name: t.logits(rollout, positions) for t in self.teachers}
-            columns = {k: v for k, v in rollout.row.items() if k != "prompt"}
-            prompt = adapter.prompt_of(rollout.row)
-            nodes, meta = [], []
-            for j, t in enumerate(positions):
-                score = reward_function_score(
-                    self.reward_func, adapter.tokenizer, prompt, rollout.completion_ids[:t], columns
-                )
-                nodes.append(
-                    Node(
-                        0,
-                        p + t,
-                        {n: v[j] for n, v in teacher_logits.items()},
-                        score,
-                        max_new_tokens=max(limit - t - 1, 0),
-                    )
-                )
-                meta.append(
-                    {
-                        "rollout_id": f"{step}-{i}",
-                        "question_id": rollout.row_index,
-                        "reward": reward,
-                        "correct": reward >= cfg.alignment_correct_threshold,
-                        "position": t,
-                        "completion_length": length,
-                        "rel_position": t / max(length - 1, 1),
-                        "token_text": adapter.tokenizer.decode([rollout.completion_ids[t]]),
-                    }
-                )
-            diag_config.seed = self._seed(step) + i
-            diagnosis = diagnose_nodes(self.student, [seq], nodes, losses, diag_config)
-            rows += node_records(diagnosis, meta, step)
-        names = [t.name for t in self.teachers]
-        metrics = pause_metrics(rows, names, cfg.alignment_confidence, seed=self._seed(step))
-        per_teacher = max(len(names), 1)
-        metrics.update(
-            {
-                "gad/rollouts": float(len(usable)),
-                "gad/correct_frac": sum(r >= cfg.alignment_correct_threshold for _, r in usable) / len(usable)
-                if usable
-                else math.nan,
-                "gad/nodes": float(len(rows) // per_teacher),
-                "gad/targeted_rollouts": float(
-                    sum(len(r["candidates"]) * r["targeted_per_candidate"] for r in rows) // per_teacher
-                ),
-            }
+        diagnosis = cfg.diagnosis(adapter.max_completion_length(), adapter.temperature())
+        diagnosis.seed = self._seed(step)
+        result = diagnose_rollouts(
+            self.student,
+            adapter.tokenizer,
+            rollouts,
+            self.teachers,
+            self.reward_func,
+            diagnosis,
+            cfg.pass_settings(adapter.max_completion_length()),
+            step=step,
+            generator=generator,
+            progress=show_progress,
         )
-        for reason, count in skipped.items():
+        names = [t.name for t in self.teachers]
+        metrics = pause_metrics(result, names, cfg.alignment_confidence, seed=self._seed(step))
+        for reason, count in result.skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + count
-            metrics[f"gad/skipped/{reason}"] = float(count)
-        self.nodes_total += len(rows) // per_teacher
-        return metrics, rows
+        self.nodes_total += int(metrics["gad/nodes"])
+        return metrics, result
 
     # -- outputs ----------------------------------------------------------------------------------------------------
-    def _log(self, args, state, metrics: dict, rows: list[dict]) -> None:
+    def _log(self, args, state, metrics: dict, result: PassResult) -> None:
         finite = {k: float(v) for k, v in metrics.items() if not math.isnan(v)}
         # The base Trainer.log, not TRL's override: TRL's averages and clears the trainer's own running metrics.
         Trainer.log(self.trainer, dict(finite))
         if not state.is_world_process_zero:
             return
         out_dir = Path(args.output_dir) / self.config.alignment_output_subdir
-        if rows and self.config.alignment_write_records:
-            write_records(rows, out_dir / "records", state.global_step)
+        if result.rows and self.config.alignment_write_records:
+            write_records(result.rows, out_dir / "records", state.global_step)
+            write_records(result.rollouts, out_dir / "rollouts", state.global_step)
         if self._board is None:
             writer = find_tensorboard_writer(self.trainer)
             own = writer is None
@@ -331,7 +255,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             self._board = AlignmentBoard(
                 writer, [t.name for t in self.teachers], write_scalars=own, histograms=self.config.alignment_histograms
             )
-        self._board.log(state.global_step, finite, rows)
+        self._board.log(state.global_step, finite, result.rows)
         parts = []
         for t in self.teachers:
             key = f"gad/alignment/{t.name}"

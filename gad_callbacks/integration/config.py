@@ -6,43 +6,8 @@ and one `TrlParser((ScriptArguments, DistillationConfig, GradientAlignmentConfig
 
 from dataclasses import dataclass, field
 
-from ..diagnosis import DiagnosisConfig
+from ..diagnosis import DiagnosisConfig, PassSettings, SelfContext
 from ..method.nodes import STRATEGIES
-
-
-@dataclass
-class SelfContext:
-    """
-    A self-distillation teacher: the student itself, prompted by `template` over the dataset row's columns.
-
-    Args:
-        name (`str`):
-            Short name used in every metric and record.
-        template (`str`):
-            Python format string over dataset columns, e.g. `"{prompt}\\n\\nThe answer is {answer}."`. For
-            conversational prompts `{prompt}` is the last user message's text and the result replaces that message
-            (SDFT's `teacher_prompt_template` semantics).
-        weights (`str`, *optional*, defaults to `"base"`):
-            `"base"`: the initial weights (adapters disabled under PEFT, a frozen copy taken at attach time
-            otherwise); `"live"`: the student's current weights.
-    """
-
-    name: str
-    template: str
-    weights: str = "base"
-
-    def __post_init__(self):
-        if self.weights not in ("base", "live"):
-            raise ValueError(f"Self-distillation context {self.name!r}: weights must be 'base' or 'live'.")
-
-    @classmethod
-    def parse(cls, spec: str) -> "SelfContext":
-        """`"name:weights=template"` (YAML / command line form), e.g. `"answer:base={prompt} Answer: {answer}"`."""
-        head, sep, template = spec.partition("=")
-        name, _, weights = head.partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"Self-context spec {spec!r} must look like 'name:weights=template'.")
-        return cls(name.strip(), template, weights.strip() or "base")
 
 
 @dataclass
@@ -115,7 +80,9 @@ class GradientAlignmentConfig:
     alignment_candidate_mass: float = field(default=0.95, metadata={"help": "Student mass the candidates cover."})
     alignment_max_candidates: int = field(default=8, metadata={"help": "Cap on the student's own candidates."})
     alignment_teacher_top_tokens: int = field(default=1, metadata={"help": "Teacher top tokens added to candidates."})
-    alignment_params: str = field(default="trainable", metadata={"help": "'trainable', 'all', or a regex over parameter names."})
+    alignment_params: str = field(
+        default="trainable", metadata={"help": "'trainable', 'all', or a regex over parameter names."}
+    )
     alignment_max_vectors: int = field(default=64, metadata={"help": "Parameter-space vectors per backward pass."})
     alignment_sketch_dim: int | None = field(default=None, metadata={"help": "CountSketch dimension (optional)."})
     alignment_num_bootstrap: int = field(default=200, metadata={"help": "Bootstrap replicates per node."})
@@ -160,6 +127,14 @@ class GradientAlignmentConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"Teacher and context names must be unique, got {names}.")
         self.diagnosis()  # validates the estimator's knobs now, not at the first pause
+
+    def pass_settings(self, max_completion_length: int | None = None) -> PassSettings:
+        return PassSettings(
+            nodes_per_rollout=self.alignment_nodes_per_rollout,
+            node_strategy=self.alignment_node_strategy,
+            correct_threshold=self.alignment_correct_threshold,
+            max_completion_length=max_completion_length,
+        )
 
     def diagnosis(self, max_new_tokens: int | None = None, temperature: float = 1.0) -> DiagnosisConfig:
         """The estimator's configuration for one pause (`max_new_tokens`/`temperature` come from the trainer)."""

@@ -1,0 +1,201 @@
+"""One diagnostic pass over student rollouts, the function both the callback and the `gad` CLI call.
+
+For each rollout: verify it (correct / incorrect), choose nodes, read every teacher's logits at them, then run the
+diagnosis (targeted rollouts, directions, cosines) on all of them at once. Returns plain rows: one per
+(node, teacher), one per rollout, and the counted reasons for anything skipped. Nothing here knows about trainers.
+"""
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..engine.model_io import logits_at
+from ..engine.verifiers import reward_function_score
+from ..method.nodes import STRATEGIES, entropy, select_nodes
+from .diagnose import diagnose_nodes
+from .inputs import DiagnosisConfig, Node
+from .results import Diagnosis
+from .teachers import Rollout, TeacherSource
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PassSettings:
+    """
+    How a pass picks and judges what it diagnoses.
+
+    Args:
+        nodes_per_rollout (`int`, *optional*, defaults to `4`): Nodes per rollout.
+        node_strategy (`str`, *optional*, defaults to `"uniform"`): `"uniform"`, `"entropy"` or `"depth_windows"`.
+        correct_threshold (`float`, *optional*, defaults to `0.5`): Reward at or above which a rollout is correct.
+        max_completion_length (`int`, *optional*): The completion budget; a node at position `t` gets
+            `max_completion_length - t - 1` tokens of targeted continuation (the student's own remaining budget).
+    """
+
+    nodes_per_rollout: int = 4
+    node_strategy: str = "uniform"
+    correct_threshold: float = 0.5
+    max_completion_length: int | None = None
+
+    def __post_init__(self):
+        if self.node_strategy not in STRATEGIES:
+            raise ValueError(f"node_strategy must be one of {STRATEGIES}, got {self.node_strategy!r}.")
+        if self.nodes_per_rollout < 1:
+            raise ValueError(f"nodes_per_rollout must be >= 1, got {self.nodes_per_rollout}.")
+
+
+@dataclass
+class PassResult:
+    rows: list[dict] = field(default_factory=list)
+    rollouts: list[dict] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def verify_rollout(reward_func, tokenizer, rollout: Rollout) -> float:
+    """The verifier's reward for a whole rollout (TRL reward-function calling convention)."""
+    text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
+    completion = [{"role": "assistant", "content": text}] if isinstance(rollout.prompt, list) else text
+    columns = {k: [v] for k, v in rollout.row.items()}
+    return float(
+        reward_func(
+            prompts=[rollout.prompt], completions=[completion], completion_ids=[rollout.completion_ids], **columns
+        )[0]
+    )
+
+
+def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list[dict]:
+    """One row per (node, teacher); `node_meta[i]` (where node `i` sits) is copied into each of its rows."""
+    rollout_cos = {r.sequence: r.param_cos for r in diagnosis.rollouts}
+    rows = []
+    for node, meta in zip(diagnosis.nodes, node_meta, strict=True):
+        for teacher, a in node.teachers.items():
+            rows.append(
+                {
+                    "step": step,
+                    **meta,
+                    "teacher": teacher,
+                    "param_cos": a.param_cos,
+                    "param_ci_low": a.param_ci[0],
+                    "param_ci_high": a.param_ci[1],
+                    "logit_cos": a.logit_cos,
+                    "logit_ci_low": a.logit_ci[0],
+                    "logit_ci_high": a.logit_ci[1],
+                    "restricted_cos": a.restricted_cos,
+                    "outside_share": a.outside_share,
+                    "advantage": a.advantage,
+                    "undefined": node.undefined.get(teacher, ""),
+                    "value": node.value,
+                    "token": node.sampled_token,
+                    "candidates": node.candidates.tolist(),
+                    "success": node.success.mean.tolist(),
+                    "success_low": node.success.lower.tolist(),
+                    "success_high": node.success.upper.tolist(),
+                    "targeted_per_candidate": int(node.success.scores.shape[1]),
+                    "truncated": int(node.success.truncated.sum()),
+                    "rollout_param_cos": rollout_cos.get(node.sequence, {}).get(teacher, math.nan),
+                }
+            )
+    return rows
+
+
+def diagnose_rollouts(
+    student,
+    tokenizer,
+    rollouts: list[Rollout],
+    teachers: list[TeacherSource],
+    reward_func,
+    config: DiagnosisConfig,
+    settings: PassSettings,
+    *,
+    step: int = 0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> PassResult:
+    """
+    Diagnose every teacher on the same nodes of `rollouts`.
+
+    Args:
+        student (`torch.nn.Module`): The student (unwrapped; plain or PEFT).
+        tokenizer: The student's tokenizer (decodes completions for the verifier and the records).
+        rollouts (`list[Rollout]`): The rollouts.
+        teachers (`list[TeacherSource]`): The teachers, each with its loss.
+        reward_func (`Callable`): TRL-style reward function verifying completions.
+        config ([`DiagnosisConfig`]): The estimator's knobs (its `seed` is offset per rollout).
+        settings ([`PassSettings`]): Node choice and correctness threshold.
+        step (`int`, *optional*, defaults to `0`): Training step (or pass index) stamped on every row.
+        generator (`torch.Generator`, *optional*): Randomness of node selection.
+        progress (`bool`, *optional*, defaults to `False`): Show a progress bar over rollouts.
+
+    Returns:
+        [`PassResult`]: node rows, rollout rows, and counted skips (`unknown_prompt`, `empty_rollout`,
+        `verifier_error`).
+    """
+    result = PassResult()
+    usable = []
+    for rollout in rollouts:
+        if rollout.row is None:
+            result.skipped["unknown_prompt"] += 1
+        elif not rollout.completion_ids:
+            result.skipped["empty_rollout"] += 1
+        else:
+            try:
+                usable.append((rollout, verify_rollout(reward_func, tokenizer, rollout)))
+            except Exception as err:  # a raising verifier skips the rollout, counted, instead of failing the pass
+                result.skipped["verifier_error"] += 1
+                logger.warning("gad: the verifier raised on a rollout (skipped): %s: %s", type(err).__name__, err)
+    losses = {t.name: t.loss for t in teachers}
+    limit = settings.max_completion_length
+    base_seed = config.seed
+    for i, (rollout, reward) in enumerate(tqdm(usable, desc=f"gad step {step}", leave=False, disable=not progress)):
+        rollout_id = f"{step}-{i}"
+        seq = torch.tensor(rollout.prompt_ids + rollout.completion_ids)
+        p, length = len(rollout.prompt_ids), len(rollout.completion_ids)
+        entropies = None
+        if settings.node_strategy == "entropy":
+            entropies = entropy(logits_at(student, seq, range(p - 1, p + length - 1)), config.temperature)
+        positions = select_nodes(
+            length, settings.nodes_per_rollout, settings.node_strategy, entropies=entropies, generator=generator
+        ).tolist()
+        teacher_logits = {t.name: t.logits(rollout, positions) for t in teachers}
+        columns = {k: v for k, v in rollout.row.items() if k != "prompt"}
+        tokens = [tokenizer.decode([t]) for t in rollout.completion_ids]
+        correct = reward >= settings.correct_threshold
+        nodes, meta = [], []
+        for j, t in enumerate(positions):
+            score = reward_function_score(reward_func, tokenizer, rollout.prompt, rollout.completion_ids[:t], columns)
+            budget = None if limit is None else max(limit - t - 1, 0)
+            nodes.append(Node(0, p + t, {n: v[j] for n, v in teacher_logits.items()}, score, max_new_tokens=budget))
+            meta.append(
+                {
+                    "rollout_id": rollout_id,
+                    "question_id": rollout.row_index,
+                    "reward": reward,
+                    "correct": correct,
+                    "position": t,
+                    "completion_length": length,
+                    "rel_position": t / max(length - 1, 1),
+                    "token_text": tokens[t],
+                }
+            )
+        config.seed = base_seed + i
+        diagnosis = diagnose_nodes(student, [seq], nodes, losses, config)
+        result.rows += node_records(diagnosis, meta, step)
+        result.rollouts.append(
+            {
+                "step": step,
+                "rollout_id": rollout_id,
+                "question_id": rollout.row_index,
+                "prompt_text": tokenizer.decode(rollout.prompt_ids, skip_special_tokens=True),
+                "completion_tokens": tokens,
+                "reward": reward,
+                "correct": correct,
+            }
+        )
+    config.seed = base_seed
+    return result
