@@ -105,7 +105,9 @@ class TrainerAdapter:
                 index = self.index.lookup(prompt)
                 row = self.row(index)
                 extras = {}
-                if "teacher_input_ids" in batch:  # SDFT: the privileged teacher prompt (left-padded), then the completion
+                if (
+                    "teacher_input_ids" in batch
+                ):  # SDFT: the privileged teacher prompt (left-padded), then the completion
                     width = batch["completion_ids"].shape[1]
                     t_ids = batch["teacher_input_ids"][b, :-width].cpu()
                     t_mask = batch["teacher_attention_mask"][b, :-width].cpu()

@@ -1,7 +1,10 @@
 """A small byte-level BPE tokenizer with a chat template, trained in code on the arithmetic task's text.
 
 Byte-level BPE because TRL's GOLD trainer insists on it, and because any text (including a teacher's privileged
-context) stays encodable. Training is deterministic for a given corpus, so the tokenizer is reproducible.
+context) stays encodable. The pre-tokenizer is Qwen2's (digits split one by one, then byte-level): the checkpoints
+are Qwen2-architecture models, and `AutoTokenizer` loads a Qwen2 checkpoint's tokenizer as `Qwen2Tokenizer`, which
+imposes that pre-tokenizer; building it the same way makes the tokenizer in memory and the one loaded from disk
+tokenize identically (tested). Training is deterministic for a given corpus, so the tokenizer is reproducible.
 """
 
 import random
@@ -9,6 +12,9 @@ import random
 from .arithmetic import ArithmeticTask
 
 
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
@@ -30,11 +36,16 @@ def _corpus(num_problems: int = 2000, seed: int = 1234) -> list[str]:
 
 def build_tokenizer(vocab_size: int = 320):
     """The default world's tokenizer: `PreTrainedTokenizerFast`, pad `<|pad|>`, EOS `<|end|>`, chat template set."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -140,7 +140,9 @@ def test_sdft_teacher_logits_are_the_trainers_own_remapped(tmp_path, peft):
         )
     for b in range(batch["completion_ids"].shape[0]):
         rollout = rollouts[b]
-        assert len(rollout.extras["trainer_teacher_prompt_ids"]) > len(rollout.prompt_ids)  # the privileged prompt is longer
+        assert len(rollout.extras["trainer_teacher_prompt_ids"]) > len(
+            rollout.prompt_ids
+        )  # the privileged prompt is longer
         positions = list(range(len(rollout.completion_ids)))
         ours = torch.stack(teacher.logits(rollout, positions))
         torch.testing.assert_close(ours, theirs[b, : len(positions)].float(), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,189 @@
+"""`gad diagnose`: the training-free diagnostic over a student, teachers / contexts and a dataset.
+
+Samples the student's own rollouts on the dataset's questions, then runs the same pass the training callback runs
+(`diagnose_rollouts`) and writes records, TensorBoard logs, a terminal summary and an HTML report.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..diagnosis import Rollout, TeacherLoss, context_teacher, diagnose_rollouts, model_teacher
+from ..engine.rollouts import sample_completions
+from ..engine.verifiers import NumericAnswerReward
+from ..integration.config import GradientAlignmentConfig
+from ..outputs.metrics import pause_metrics
+from ..outputs.records import write_records
+from ..outputs.tensorboard import AlignmentBoard
+from ..world.checkpoints import resolve_model
+from ..world.datasets import load_questions
+from .report import write_report
+
+
+@dataclass
+class DiagnoseArguments:
+    """
+    Run-level settings of `gad diagnose` (the estimator's knobs are [`GradientAlignmentConfig`]'s `alignment_*`).
+
+    Parameters:
+        student (`str`, *optional*, defaults to `"default:student"`):
+            Student model: a path, a Hub id, or `default:<name>` for a shipped checkpoint.
+        teachers (`list[str]`, *optional*, defaults to `["teacher=default:teacher"]`):
+            External teachers as `"name=model"`.
+        dataset (`str`, *optional*, defaults to `"default:arithmetic"`):
+            `default:arithmetic` (generated in code), a `.json` / `.jsonl` / `.parquet` file, or a Hub dataset id,
+            with a `prompt` column (text or messages) and the columns the verifier and contexts use.
+        num_questions (`int`, *optional*, defaults to `24`):
+            Questions taken from the dataset (the first ones).
+        rollouts_per_question (`int`, *optional*, defaults to `2`):
+            Student rollouts sampled per question.
+        sampling_temperature (`float`, *optional*, defaults to `1.0`):
+            Student sampling temperature (rollouts, targeted rollouts and `p`).
+        max_completion_length (`int`, *optional*, defaults to `32`):
+            Completion budget of rollouts and targeted continuations.
+        distill_loss (`str`, *optional*, defaults to `"reverse_kl"`):
+            Loss whose gradient is each teacher's direction: `reverse_kl`, `forward_kl`, `jsd`, `sampled_token`.
+        distill_beta (`float`, *optional*):
+            TRL's `beta` for `jsd`.
+        distill_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature of the distillation loss.
+        output_dir (`str`, *optional*, defaults to `"runs/gad-diagnose"`):
+            Where records, TensorBoard logs and `report.html` go.
+        device (`str`, *optional*, defaults to `"cpu"`):
+            Torch device.
+        run_seed (`int`, *optional*, defaults to `0`):
+            Seed of the rollouts and of every choice the diagnostic makes.
+    """
+
+    student: str = field(default="default:student", metadata={"help": "Student model (path, Hub id, default:<name>)."})
+    teachers: list[str] = field(default_factory=lambda: ["teacher=default:teacher"], metadata={"help": "name=model."})
+    dataset: str = field(
+        default="default:arithmetic", metadata={"help": "default:arithmetic or a json/jsonl/parquet file."}
+    )
+    num_questions: int = field(default=24, metadata={"help": "Questions taken from the dataset."})
+    rollouts_per_question: int = field(default=2, metadata={"help": "Student rollouts per question."})
+    sampling_temperature: float = field(default=1.0, metadata={"help": "Student sampling temperature."})
+    max_completion_length: int = field(default=32, metadata={"help": "Completion budget."})
+    distill_loss: str = field(default="reverse_kl", metadata={"help": "reverse_kl, forward_kl, jsd or sampled_token."})
+    distill_beta: float | None = field(default=None, metadata={"help": "TRL's beta for jsd."})
+    distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
+    output_dir: str = field(default="runs/gad-diagnose", metadata={"help": "Output directory."})
+    device: str = field(default="cpu", metadata={"help": "Torch device."})
+    run_seed: int = field(default=0, metadata={"help": "Seed of rollouts and choices."})
+
+    def __post_init__(self):
+        if self.num_questions < 1 or self.rollouts_per_question < 1:
+            raise ValueError("num_questions and rollouts_per_question must be >= 1.")
+        self.teacher_models = {}
+        for spec in self.teachers:
+            name, sep, path = spec.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"teachers entry {spec!r} must look like 'name=model'.")
+            self.teacher_models[name.strip()] = path.strip()
+        self.loss = TeacherLoss(self.distill_loss, beta=self.distill_beta, temperature=self.distill_temperature)
+
+
+def load_model(spec: str, what: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"{what} {spec!r}: cannot load a model from {path!r} ({str(err).splitlines()[0]})"
+        ) from err
+    return model.to(device).eval()
+
+
+def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
+    """Run the diagnostic; returns the output directory."""
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    out = Path(args.output_dir)
+    student = load_model(args.student, "student", args.device)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.student))
+    dataset = load_questions(args.dataset, args.num_questions, seed=args.run_seed)
+    columns = list(dataset.column_names)
+    reward = NumericAnswerReward(gad.alignment_answer_column)
+    if reward.answer_column not in columns:
+        raise ValueError(
+            f"dataset has no column {reward.answer_column!r} with reference answers (columns: {columns}); "
+            "set alignment_answer_column."
+        )
+
+    def tokenize_prompts(prompts):
+        ids = []
+        for p in prompts:
+            if isinstance(p, list):
+                ids.append(
+                    list(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)["input_ids"])
+                )
+            else:
+                ids.append(tokenizer(p, add_special_tokens=False)["input_ids"])
+        return ids
+
+    teachers = [
+        model_teacher(n, load_model(p, f"teacher {n!r}", args.device), student, args.loss)
+        for n, p in args.teacher_models.items()
+    ]
+    teachers += [context_teacher(c, student, tokenize_prompts, args.loss, columns) for c in gad.self_contexts]
+    if not teachers:
+        raise ValueError("no teacher: set teachers and/or alignment_self_contexts.")
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"teacher and context names must be unique, got {names}.")
+
+    rows = [dataset[i] for i in range(len(dataset))]
+    prompt_ids = tokenize_prompts([r["prompt"] for r in rows])
+    order = [i for i in range(len(rows)) for _ in range(args.rollouts_per_question)]
+    generator = torch.Generator(device=args.device).manual_seed(args.run_seed)
+    completions = sample_completions(
+        student,
+        [prompt_ids[i] for i in order],
+        args.max_completion_length,
+        temperature=args.sampling_temperature,
+        eos_token_id=tokenizer.eos_token_id,
+        generator=generator,
+    )
+    rollouts = [
+        Rollout(rows[i]["prompt"], prompt_ids[i], c, rows[i], i) for i, c in zip(order, completions, strict=True)
+    ]
+    diag = gad.diagnosis(args.max_completion_length, args.sampling_temperature)
+    diag.seed = args.run_seed
+    result = diagnose_rollouts(
+        student,
+        tokenizer,
+        rollouts,
+        teachers,
+        reward,
+        diag,
+        gad.pass_settings(args.max_completion_length),
+        step=0,
+        generator=torch.Generator().manual_seed(args.run_seed),
+        progress=True,
+    )
+    metrics = pause_metrics(result, names, gad.alignment_confidence, seed=args.run_seed)
+    metrics["gad/seconds"] = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    write_records(result.rows, out / "records", 0)
+    write_records(result.rollouts, out / "rollouts", 0)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        AlignmentBoard(writer, names, write_scalars=True, histograms=gad.alignment_histograms).log(
+            0, {k: v for k, v in metrics.items() if v == v}, result.rows
+        )
+    (out / "run.json").write_text(
+        json.dumps(
+            {"arguments": asdict(args), "alignment": asdict(gad), "skipped": dict(result.skipped), "metrics": metrics},
+            indent=2,
+            default=str,
+        )
+    )
+    write_report(out, confidence=gad.alignment_confidence)
+    return out

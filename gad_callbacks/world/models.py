@@ -1,0 +1,23 @@
+"""Tiny Qwen2-architecture models for the embedded world (the shipped checkpoints, tests, benchmarks)."""
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+
+def tiny_qwen2(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0, vocab_size: int | None = None):
+    """A randomly initialised Qwen2 causal LM sized for CPU, on `tokenizer`'s vocabulary (or `vocab_size`)."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 16),
+        num_key_value_heads=max(1, hidden // 32),
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    return Qwen2ForCausalLM(config)

@@ -1,0 +1,40 @@
+"""The dataset arguments the recipes share (a dataclass for `TrlParser`), resolved to a `datasets.Dataset`."""
+
+from dataclasses import dataclass, field
+
+from .datasets import load_questions
+
+
+@dataclass
+class DataArguments:
+    """
+    Parameters:
+        dataset_name (`str`, *optional*, defaults to `"default:arithmetic"`):
+            `default:arithmetic` (embedded, no download), a json/jsonl/parquet file, or a Hub dataset id.
+        dataset_config (`str`, *optional*):
+            Hub dataset configuration (e.g. `main` for `openai/gsm8k`).
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on.
+        prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Column with the question (text in another column becomes a one-message conversation).
+        num_train_questions (`int`, *optional*, defaults to `512`):
+            Questions to train on (the first ones; the embedded world generates this many).
+    """
+
+    dataset_name: str = field(
+        default="default:arithmetic", metadata={"help": "default:arithmetic, a file, or a Hub id."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column with the question."})
+    num_train_questions: int | None = field(default=512, metadata={"help": "Questions to train on."})
+
+    def load(self, seed: int = 0):
+        return load_questions(
+            self.dataset_name,
+            self.num_train_questions,
+            config=self.dataset_config,
+            split=self.dataset_train_split,
+            prompt_column=self.prompt_column,
+            seed=seed,
+        )

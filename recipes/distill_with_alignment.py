@@ -1,0 +1,52 @@
+"""
+On-policy distillation with TRL's `DistillationTrainer`, logging each teacher's gradient alignment to TensorBoard.
+
+    python recipes/distill_with_alignment.py --config configs/distill_default.yaml
+
+On the embedded default (no downloads, CPU, a few minutes). A real model on a GPU (downloads):
+
+    accelerate launch --config_file configs/accelerate/single_process.yaml \
+        recipes/distill_with_alignment.py --config configs/qwen3_distill_with_alignment.yaml
+
+Then `tensorboard --logdir <output_dir>/runs`: `train/gad/alignment/<teacher>` and the "gad" custom-scalars tab.
+"""
+
+# /// script
+# requires-python = ">=3.10"
+# dependencies = ["gad_callbacks", "trl>=1.16", "peft", "tensorboard"]
+# ///
+
+from transformers import AutoTokenizer
+from trl import DistillationConfig, DistillationTrainer, ModelConfig, TrlParser, get_peft_config
+
+from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
+from gad_callbacks.world.checkpoints import resolve_model
+from gad_callbacks.world.recipe_data import DataArguments
+
+
+def main(data_args, training_args, model_args, gad_args):
+    ################ Model & Tokenizer
+    student = resolve_model(model_args.model_name_or_path)
+    training_args.model_init_kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=model_args.trust_remote_code)
+
+    ################ Dataset
+    dataset = data_args.load(seed=training_args.seed)
+
+    ################ Training
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=resolve_model(training_args.teacher_model_name_or_path),
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.add_callback(GradientAlignmentCallback(trainer, gad_args))
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+
+
+if __name__ == "__main__":
+    parser = TrlParser((DataArguments, DistillationConfig, ModelConfig, GradientAlignmentConfig))
+    main(*parser.parse_args_and_config())

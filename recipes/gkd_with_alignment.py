@@ -1,0 +1,56 @@
+"""
+Generalized knowledge distillation with TRL's `GKDTrainer`, logging each teacher's gradient alignment.
+
+    python recipes/gkd_with_alignment.py --config configs/gkd_default.yaml
+
+GKD keeps no rollouts, so at each pause the callback samples fresh ones from training prompts at the trainer's
+temperature. The dataset needs a `messages` column (the embedded default has one).
+"""
+
+# /// script
+# requires-python = ">=3.10"
+# dependencies = ["gad_callbacks", "trl>=1.16", "peft", "tensorboard"]
+# ///
+
+import warnings
+
+from transformers import AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
+from gad_callbacks.world.checkpoints import resolve_model
+from gad_callbacks.world.recipe_data import DataArguments
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # trl.experimental warns on import
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+
+def main(data_args, training_args, model_args, gad_args):
+    ################ Model & Tokenizer
+    student = resolve_model(model_args.model_name_or_path)
+    training_args.model_init_kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
+    training_args.teacher_model_init_kwargs = training_args.model_init_kwargs
+    tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=model_args.trust_remote_code)
+
+    ################ Dataset
+    dataset = data_args.load(seed=training_args.seed)
+
+    ################ Training
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=resolve_model(training_args.teacher_model_name_or_path),
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.add_callback(GradientAlignmentCallback(trainer, gad_args))
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+
+
+if __name__ == "__main__":
+    parser = TrlParser((DataArguments, GKDConfig, ModelConfig, GradientAlignmentConfig))
+    main(*parser.parse_args_and_config())

@@ -1,0 +1,115 @@
+"""`gad diagnose` / `gad report` on the embedded default: outputs, the headline finding, errors, the HTML report."""
+
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gad_callbacks.cli import main
+from gad_callbacks.outputs.records import read_records
+from gad_callbacks.outputs.summary import summarize_teachers
+
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "diagnose_default.yaml")
+TEACHERS = ["teacher", "solution", "answer", "hint"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The default diagnostic, a little smaller than the configured one so that the suite stays fast."""
+    out = tmp_path_factory.mktemp("diagnose")
+    code = main(["diagnose", "--config", CONFIG, "--num_questions", "16", "--output_dir", str(out)])
+    assert code == 0
+    return out
+
+
+def test_diagnose_writes_records_tensorboard_and_report(default_run, capsys):
+    rows = read_records(default_run / "records")
+    rollouts = read_records(default_run / "rollouts")
+    assert {r["teacher"] for r in rows} == set(TEACHERS)
+    assert len(rollouts) == 32
+    assert 0 < sum(r["correct"] for r in rollouts) < 32, "the default student should both succeed and fail"
+    assert list((default_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (default_run / "report.html").stat().st_size > 10_000
+    # `gad report` rebuilds the same summary from the saved records.
+    assert main(["report", str(default_run)]) == 0
+    printed = capsys.readouterr().out
+    for teacher in TEACHERS:
+        assert f"\n{teacher} " in printed
+    assert "on incorrect rollouts" in printed and "paired difference" in printed
+
+
+def test_headline_direction_incorrect_above_correct(default_run):
+    """The method's headline finding: alignment is higher on incorrect rollouts than on correct ones. Asserted for
+    at least one teacher with the numbers printed; the intervals are wide at this size and are reported, not
+    required to separate."""
+    summaries = summarize_teachers(read_records(default_run / "records"))
+    lines = []
+    holds = []
+    for s in summaries:
+        lines.append(
+            f"{s.teacher}: incorrect {s.incorrect.mean:+.3f} [{s.incorrect.lower:+.3f}, {s.incorrect.upper:+.3f}] "
+            f"n={s.incorrect.n} vs correct {s.correct.mean:+.3f} [{s.correct.lower:+.3f}, {s.correct.upper:+.3f}] "
+            f"n={s.correct.n}"
+        )
+        if not (math.isnan(s.incorrect.mean) or math.isnan(s.correct.mean)):
+            holds.append(s.incorrect.mean > s.correct.mean)
+    print("\n".join(lines))
+    assert any(holds), "\n".join(lines)
+
+
+def test_config_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
+    assert main(["diagnose", "--config", CONFIG, "--num_questionz", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "num_questionz" in err
+    assert main(["diagnose", "--config", CONFIG, "--student", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "student" in err and "missing" in err
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "1+1=?", "solution": "2"}\n')
+    assert main(["diagnose", "--config", CONFIG, "--dataset", str(data), "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'answer'" in err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no records" in capsys.readouterr().err
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_html_report_renders_without_errors_in_headless_chromium(default_run):
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("GAD_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required (CI installs Debian's chromium) but was not found")
+        pytest.skip("chromium not installed (CI installs it and sets GAD_REQUIRE_CHROMIUM=1)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={default_run / 'chrome-profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+    ]
+    done = subprocess.run(
+        [browser, *flags, (default_run / "report.html").as_uri()], capture_output=True, text=True, timeout=120
+    )
+    dom = done.stdout
+    assert 'data-rendered="yes"' in dom, "the report's script did not finish"
+    assert '<div id="errors"></div>' in dom, "the page recorded a script error"
+    assert "Uncaught" not in done.stderr, done.stderr[-2000:]
+    for teacher in TEACHERS:
+        assert f'<option value="{teacher}">' in dom
+    assert "background: rgba(" in dom, "diagnosed tokens were not coloured"
