@@ -27,8 +27,13 @@ from gad_callbacks.world.recipe_data import DataArguments
 def main(data_args, training_args, model_args, gad_args):
     ################ Model & Tokenizer
     student = resolve_model(model_args.model_name_or_path)
-    training_args.model_init_kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=model_args.trust_remote_code)
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype,
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
+    training_args.teacher_model_name_or_path = resolve_model(training_args.teacher_model_name_or_path)
 
     ################ Dataset
     dataset = data_args.load(seed=training_args.seed)
@@ -36,7 +41,7 @@ def main(data_args, training_args, model_args, gad_args):
     ################ Training
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=resolve_model(training_args.teacher_model_name_or_path),
+        teacher_model=training_args.teacher_model_name_or_path,
         args=training_args,
         train_dataset=dataset,
         processing_class=tokenizer,

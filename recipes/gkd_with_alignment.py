@@ -30,17 +30,24 @@ with warnings.catch_warnings():
 def main(data_args, training_args, model_args, gad_args):
     ################ Model & Tokenizer
     student = resolve_model(model_args.model_name_or_path)
-    training_args.model_init_kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype,
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+    }
     training_args.teacher_model_init_kwargs = training_args.model_init_kwargs
-    tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=model_args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
+    training_args.teacher_model_name_or_path = resolve_model(training_args.teacher_model_name_or_path)
 
     ################ Dataset
     dataset = data_args.load(seed=training_args.seed)
+    if "messages" in dataset.column_names and "prompt" in dataset.column_names:
+        dataset = dataset.remove_columns("prompt")  # GKD's collator would read a `prompt` column as formatted text
 
     ################ Training
     trainer = GKDTrainer(
         model=student,
-        teacher_model=resolve_model(training_args.teacher_model_name_or_path),
+        teacher_model=training_args.teacher_model_name_or_path,
         args=training_args,
         train_dataset=dataset,
         processing_class=tokenizer,

@@ -30,8 +30,12 @@ with warnings.catch_warnings():
 def main(data_args, training_args, model_args, gad_args):
     ################ Model & Tokenizer
     student = resolve_model(model_args.model_name_or_path)
-    training_args.model_init_kwargs = {"dtype": model_args.dtype, "trust_remote_code": model_args.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(student, trust_remote_code=model_args.trust_remote_code)
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype,
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
 
     ################ Dataset
     dataset = data_args.load(seed=training_args.seed)

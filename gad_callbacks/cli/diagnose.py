@@ -105,8 +105,7 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
 
     start = time.perf_counter()
     out = Path(args.output_dir)
-    student = load_model(args.student, "student", args.device)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.student))
+    # Cheap checks first: a wrong dataset column should not wait for models to load.
     dataset = load_questions(args.dataset, args.num_questions, seed=args.run_seed)
     columns = list(dataset.column_names)
     reward = NumericAnswerReward(gad.alignment_answer_column)
@@ -115,6 +114,14 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
             f"dataset has no column {reward.answer_column!r} with reference answers (columns: {columns}); "
             "set alignment_answer_column."
         )
+    for context in gad.self_contexts:
+        missing = context.fields() - {"prompt"} - set(columns)
+        if missing:
+            raise ValueError(
+                f"context {context.name!r} uses column(s) {sorted(missing)} the dataset lacks ({columns})."
+            )
+    student = load_model(args.student, "student", args.device)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.student))
 
     def tokenize_prompts(prompts):
         ids = []

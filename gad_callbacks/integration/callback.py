@@ -31,6 +31,7 @@ from ..engine.verifiers import NumericAnswerReward
 from ..outputs.metrics import pause_metrics
 from ..outputs.records import write_records
 from ..outputs.tensorboard import AlignmentBoard, find_tensorboard_writer
+from ..world.checkpoints import resolve_model
 from .adapters import adapter_for
 from .config import GradientAlignmentConfig
 
@@ -138,7 +139,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             if isinstance(model, str):
                 from transformers import AutoModelForCausalLM
 
-                model = AutoModelForCausalLM.from_pretrained(model, dtype=self.student.dtype)
+                model = AutoModelForCausalLM.from_pretrained(resolve_model(model), dtype=self.student.dtype)
             check_vocabulary(name, model, self.student)
             # Prepared as TRL prepares its own teacher (device placement, evaluation mode).
             model = self.trainer.accelerator.prepare_model(model.requires_grad_(False).eval(), evaluation_mode=True)
@@ -259,12 +260,13 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         parts = []
         for t in self.teachers:
             key = f"gad/alignment/{t.name}"
-            if key in finite:
-                parts.append(
-                    f"{t.name} {finite[key]:+.3f} [{finite.get(key + '/ci_low', math.nan):+.3f}, {finite.get(key + '/ci_high', math.nan):+.3f}] n={int(finite.get(key + '/nodes', 0))}"
-                )
-            else:
+            if key not in finite:
                 parts.append(f"{t.name} undefined")
+                continue
+            interval = ""
+            if f"{key}/ci_low" in finite and f"{key}/ci_high" in finite:
+                interval = f" [{finite[key + '/ci_low']:+.3f}, {finite[key + '/ci_high']:+.3f}]"
+            parts.append(f"{t.name} {finite[key]:+.3f}{interval} n={int(finite.get(key + '/nodes', 0))}")
         tqdm.write(
             f"gad step {state.global_step}: {int(finite.get('gad/nodes', 0))} nodes, {int(finite.get('gad/rollouts', 0))} rollouts, "
             f"{finite['gad/seconds']:.1f}s | " + " | ".join(parts)

@@ -22,8 +22,10 @@ class GradientAlignmentConfig:
             Student rollouts diagnosed per pause (per process).
         alignment_nodes_per_rollout (`int`, *optional*, defaults to `4`):
             Nodes (completion positions) diagnosed per rollout.
-        alignment_node_strategy (`str`, *optional*, defaults to `"uniform"`):
-            `"uniform"`, `"entropy"` or `"depth_windows"`.
+        alignment_node_strategy (`str`, *optional*, defaults to `"entropy"`):
+            `"entropy"` (nodes drawn in proportion to the student's entropy: near one-hot nodes carry no signal and
+            would come out undefined; averages are then entropy-weighted), `"uniform"` (the plain per-token average,
+            mostly undefined nodes on a confident student) or `"depth_windows"`.
         alignment_targeted_rollouts (`int`, *optional*, defaults to `8`):
             Targeted rollouts per candidate token.
         alignment_max_new_tokens (`int`, *optional*):
@@ -71,7 +73,7 @@ class GradientAlignmentConfig:
     alignment_rollouts_per_pause: int = field(default=4, metadata={"help": "Student rollouts diagnosed per pause."})
     alignment_nodes_per_rollout: int = field(default=4, metadata={"help": "Nodes diagnosed per rollout."})
     alignment_node_strategy: str = field(
-        default="uniform", metadata={"help": "Node selection: 'uniform', 'entropy' or 'depth_windows'."}
+        default="entropy", metadata={"help": "Node selection: 'entropy', 'uniform' or 'depth_windows'."}
     )
     alignment_targeted_rollouts: int = field(default=8, metadata={"help": "Targeted rollouts per candidate token."})
     alignment_max_new_tokens: int | None = field(
