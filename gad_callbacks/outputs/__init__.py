@@ -1,0 +1,1 @@
+"""Layer 5: records on disk, scalar metrics, TensorBoard extras."""
