@@ -19,31 +19,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from trl import DistillationConfig, DistillationTrainer  # noqa: E402
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig  # noqa: E402
 from gad_callbacks.world import build_tokenizer, make_dataset  # noqa: E402
+from gad_callbacks.world.models import tiny_qwen2  # noqa: E402
 
 
 STEPS, EVERY = 10, 5
 
 
 def model(tok, seed):
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
-    return Qwen2ForCausalLM(cfg)
+    return tiny_qwen2(tok, hidden=128, layers=4, seed=seed)
 
 
 def run(with_callback: bool):

@@ -16,23 +16,16 @@ Then `tensorboard --logdir <output_dir>/runs`: `train/gad/alignment/<teacher>` a
 # dependencies = ["gad_callbacks", "trl>=1.16", "peft", "tensorboard"]
 # ///
 
-from transformers import AutoTokenizer
 from trl import DistillationConfig, DistillationTrainer, ModelConfig, TrlParser, get_peft_config
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
 from gad_callbacks.world.checkpoints import resolve_model
-from gad_callbacks.world.recipe_data import DataArguments
+from gad_callbacks.world.recipe_support import DataArguments, prepare_student
 
 
 def main(data_args, training_args, model_args, gad_args):
     ################ Model & Tokenizer
-    student = resolve_model(model_args.model_name_or_path)
-    training_args.model_init_kwargs = {
-        "dtype": model_args.dtype,
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-    }
-    tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
+    student, tokenizer = prepare_student(model_args, training_args)
     training_args.teacher_model_name_or_path = resolve_model(training_args.teacher_model_name_or_path)
 
     ################ Dataset

@@ -14,12 +14,11 @@ temperature. The dataset needs a `messages` column (the embedded default has one
 
 import warnings
 
-from transformers import AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
 from gad_callbacks.world.checkpoints import resolve_model
-from gad_callbacks.world.recipe_data import DataArguments
+from gad_callbacks.world.recipe_support import DataArguments, prepare_student
 
 
 with warnings.catch_warnings():
@@ -29,14 +28,8 @@ with warnings.catch_warnings():
 
 def main(data_args, training_args, model_args, gad_args):
     ################ Model & Tokenizer
-    student = resolve_model(model_args.model_name_or_path)
-    training_args.model_init_kwargs = {
-        "dtype": model_args.dtype,
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-    }
+    student, tokenizer = prepare_student(model_args, training_args)
     training_args.teacher_model_init_kwargs = training_args.model_init_kwargs
-    tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
     training_args.teacher_model_name_or_path = resolve_model(training_args.teacher_model_name_or_path)
 
     ################ Dataset

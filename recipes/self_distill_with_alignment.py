@@ -14,12 +14,10 @@ The dataset needs `prompt` and `privileged_context` columns (the embedded defaul
 
 import warnings
 
-from transformers import AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
-from gad_callbacks.world.checkpoints import resolve_model
-from gad_callbacks.world.recipe_data import DataArguments
+from gad_callbacks.world.recipe_support import DataArguments, prepare_student
 
 
 with warnings.catch_warnings():
@@ -29,13 +27,7 @@ with warnings.catch_warnings():
 
 def main(data_args, training_args, model_args, gad_args):
     ################ Model & Tokenizer
-    student = resolve_model(model_args.model_name_or_path)
-    training_args.model_init_kwargs = {
-        "dtype": model_args.dtype,
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-    }
-    tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
+    student, tokenizer = prepare_student(model_args, training_args)
 
     ################ Dataset
     dataset = data_args.load(seed=training_args.seed)

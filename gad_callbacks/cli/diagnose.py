@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..diagnosis import Rollout, TeacherLoss, context_teacher, diagnose_rollouts, model_teacher
+from ..diagnosis.teachers import parse_named_models
 from ..engine.rollouts import sample_completions
 from ..engine.verifiers import NumericAnswerReward
 from ..integration.config import GradientAlignmentConfig
@@ -77,12 +78,7 @@ class DiagnoseArguments:
     def __post_init__(self):
         if self.num_questions < 1 or self.rollouts_per_question < 1:
             raise ValueError("num_questions and rollouts_per_question must be >= 1.")
-        self.teacher_models = {}
-        for spec in self.teachers:
-            name, sep, path = spec.partition("=")
-            if not sep or not name.strip() or not path.strip():
-                raise ValueError(f"teachers entry {spec!r} must look like 'name=model'.")
-            self.teacher_models[name.strip()] = path.strip()
+        self.teacher_models = parse_named_models(self.teachers, "teachers")
         self.loss = TeacherLoss(self.distill_loss, beta=self.distill_beta, temperature=self.distill_temperature)
 
 

@@ -123,6 +123,17 @@ def compose_prompt(prompt, template: str, row: dict):
     return template.format(prompt=prompt, **columns)
 
 
+def parse_named_models(specs: list[str], what: str = "teacher") -> dict[str, str]:
+    """`["name=path_or_hub_id", ...]` (YAML / command-line form) -> `{name: path_or_hub_id}`."""
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{what} spec {spec!r} must look like 'name=path_or_hub_id'.")
+        out[name.strip()] = path.strip()
+    return out
+
+
 def check_vocabulary(name: str, teacher, student) -> None:
     t_vocab = teacher.get_output_embeddings().weight.shape[0]
     s_vocab = student.get_output_embeddings().weight.shape[0]

@@ -7,6 +7,7 @@ and one `TrlParser((ScriptArguments, DistillationConfig, GradientAlignmentConfig
 from dataclasses import dataclass, field
 
 from ..diagnosis import DiagnosisConfig, PassSettings, SelfContext
+from ..diagnosis.teachers import parse_named_models
 from ..method.nodes import STRATEGIES
 
 
@@ -117,12 +118,7 @@ class GradientAlignmentConfig:
                 f"alignment_node_strategy must be one of {STRATEGIES}, got {self.alignment_node_strategy!r}."
             )
         self.self_contexts = [SelfContext.parse(s) for s in self.alignment_self_contexts]
-        self.extra_teachers = {}
-        for spec in self.alignment_extra_teachers:
-            name, sep, path = spec.partition("=")
-            if not sep or not name.strip() or not path.strip():
-                raise ValueError(f"Extra teacher spec {spec!r} must look like 'name=path_or_hub_id'.")
-            self.extra_teachers[name.strip()] = path.strip()
+        self.extra_teachers = parse_named_models(self.alignment_extra_teachers, "alignment_extra_teachers")
         names = [c.name for c in self.self_contexts] + list(self.extra_teachers)
         if self.alignment_trainer_teacher:
             names.append(self.alignment_trainer_teacher)

@@ -61,7 +61,9 @@ def _bar_chart(title: str, groups: list[str], series: dict[str, list], width: in
                     f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(high):.1f}" y2="{y(low):.1f}" class="whisker"/>'
                 )
     for si, name in enumerate(names):
-        parts.append(f'<rect x="{right + 10}" y="{30 + 14 * si}" width="10" height="10" fill="{colors[si % len(colors)]}"/>')
+        parts.append(
+            f'<rect x="{right + 10}" y="{30 + 14 * si}" width="10" height="10" fill="{colors[si % len(colors)]}"/>'
+        )
         parts.append(f'<text x="{right + 24}" y="{39 + 14 * si}" class="tick">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)

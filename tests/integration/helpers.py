@@ -1,30 +1,16 @@
 """Tiny TRL trainers on the embedded arithmetic world, with random tiny models (no downloads)."""
 
-import torch
 from peft import LoraConfig
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from gad_callbacks.world import build_tokenizer, make_dataset
+from gad_callbacks.world.models import tiny_qwen2
 
 
 TOKENIZER = build_tokenizer()
 
 
 def tiny_lm(seed=0, vocab_size=None):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab_size or len(TOKENIZER),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=TOKENIZER.eos_token_id,
-        pad_token_id=TOKENIZER.pad_token_id,
-        bos_token_id=None,
-    )
-    return Qwen2ForCausalLM(config)
+    return tiny_qwen2(TOKENIZER, hidden=32, layers=2, seed=seed, vocab_size=vocab_size)
 
 
 def parity_reward(prompts, completions, completion_ids=None, **columns):

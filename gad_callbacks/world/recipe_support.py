@@ -1,8 +1,25 @@
-"""The dataset arguments the recipes share (a dataclass for `TrlParser`), resolved to a `datasets.Dataset`."""
+"""What the recipes share: their dataset arguments (a dataclass for `TrlParser`) and the student's set-up."""
 
 from dataclasses import dataclass, field
 
+from .checkpoints import resolve_model
 from .datasets import load_questions
+
+
+def prepare_student(model_args, training_args):
+    """
+    Resolve the student (`default:<name>` or a path / Hub id), pass TRL's `ModelConfig` loading options to the
+    trainer through `model_init_kwargs`, and load the tokenizer. Returns `(student path, tokenizer)`.
+    """
+    from transformers import AutoTokenizer
+
+    student = resolve_model(model_args.model_name_or_path)
+    training_args.model_init_kwargs = {
+        "dtype": model_args.dtype,
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+    }
+    return student, AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
 
 
 @dataclass
