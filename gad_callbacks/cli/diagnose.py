@@ -167,7 +167,6 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
         diag,
         gad.pass_settings(args.max_completion_length),
         step=0,
-        generator=torch.Generator().manual_seed(args.run_seed),
         progress=True,
     )
     metrics = pause_metrics(result, names, gad.alignment_confidence, seed=args.run_seed)

@@ -57,6 +57,23 @@ class PassResult:
     skipped: Counter = field(default_factory=Counter)
 
 
+def merge_results(results: list[PassResult]) -> PassResult:
+    """Several passes' results as one, rows in rollout order (`"<step>-<i>"` keys), skips summed."""
+
+    def order(key):
+        head, _, tail = str(key).rpartition("-")
+        return (head, int(tail)) if tail.isdigit() else (str(key), 0)
+
+    merged = PassResult()
+    for r in results:
+        merged.rows += r.rows
+        merged.rollouts += r.rollouts
+        merged.skipped.update(r.skipped)
+    merged.rows.sort(key=lambda row: (order(row["rollout_id"]), row["position"]))
+    merged.rollouts.sort(key=lambda row: order(row["rollout_id"]))
+    return merged
+
+
 def verify_rollout(reward_func, tokenizer, rollout: Rollout) -> float:
     """The verifier's reward for a whole rollout (TRL reward-function calling convention)."""
     text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
@@ -114,7 +131,6 @@ def diagnose_rollouts(
     settings: PassSettings,
     *,
     step: int = 0,
-    generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> PassResult:
     """
@@ -126,10 +142,9 @@ def diagnose_rollouts(
         rollouts (`list[Rollout]`): The rollouts.
         teachers (`list[TeacherSource]`): The teachers, each with its loss.
         reward_func (`Callable`): TRL-style reward function verifying completions.
-        config ([`DiagnosisConfig`]): The estimator's knobs (its `seed` is offset per rollout).
+        config ([`DiagnosisConfig`]): The estimator's knobs; a rollout without its own `seed` uses `config.seed + i`.
         settings ([`PassSettings`]): Node choice and correctness threshold.
         step (`int`, *optional*, defaults to `0`): Training step (or pass index) stamped on every row.
-        generator (`torch.Generator`, *optional*): Randomness of node selection.
         progress (`bool`, *optional*, defaults to `False`): Show a progress bar over rollouts.
 
     Returns:
@@ -153,7 +168,11 @@ def diagnose_rollouts(
     limit = settings.max_completion_length
     base_seed = config.seed
     for i, (rollout, reward) in enumerate(tqdm(usable, desc=f"gad step {step}", leave=False, disable=not progress)):
-        rollout_id = f"{step}-{i}"
+        rollout_id = rollout.key or f"{step}-{i}"
+        seed = rollout.seed if rollout.seed is not None else base_seed + i
+        # Every choice on this rollout comes from its own seed, so results do not depend on the other rollouts in the
+        # pass (nor on which process diagnoses it).
+        generator = torch.Generator().manual_seed(seed)
         seq = torch.tensor(rollout.prompt_ids + rollout.completion_ids)
         p, length = len(rollout.prompt_ids), len(rollout.completion_ids)
         entropies = None
@@ -183,7 +202,7 @@ def diagnose_rollouts(
                     "token_text": tokens[t],
                 }
             )
-        config.seed = base_seed + i
+        config.seed = seed + 1
         diagnosis = diagnose_nodes(student, [seq], nodes, losses, config)
         result.rows += node_records(diagnosis, meta, step)
         result.rollouts.append(

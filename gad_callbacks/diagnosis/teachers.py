@@ -29,6 +29,10 @@ class Rollout:
         row (`dict`, *optional*): The dataset row (reference answer and other columns); None when unknown.
         row_index (`int`, *optional*): Its index in the dataset.
         extras (`dict`): Anything a teacher needs besides (e.g. SDFT's privileged prompt ids).
+        key (`str`, *optional*): Stable id of the rollout in records (default: `"<step>-<position in the pass>"`).
+        seed (`int`, *optional*): Seed of every random choice made on this rollout (nodes, targeted rollouts,
+            bootstrap). Set it from the rollout's identity, not from which process diagnoses it, and results do not
+            depend on how work is split.
     """
 
     prompt: object
@@ -37,6 +41,8 @@ class Rollout:
     row: dict | None
     row_index: int | None = None
     extras: dict = field(default_factory=dict)
+    key: str | None = None
+    seed: int | None = None
 
 
 @dataclass
@@ -134,9 +140,14 @@ def parse_named_models(specs: list[str], what: str = "teacher") -> dict[str, str
     return out
 
 
+def vocabulary_size(model) -> int:
+    """Rows of the output embedding (`ds_shape` under DeepSpeed ZeRO-3, where the local tensor is an empty shard)."""
+    weight = model.get_output_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
 def check_vocabulary(name: str, teacher, student) -> None:
-    t_vocab = teacher.get_output_embeddings().weight.shape[0]
-    s_vocab = student.get_output_embeddings().weight.shape[0]
+    t_vocab, s_vocab = vocabulary_size(teacher), vocabulary_size(student)
     if t_vocab != s_vocab:
         raise ValueError(
             f"Teacher {name!r} has a vocabulary of {t_vocab} tokens, the student {s_vocab}: gradient alignment needs "
@@ -145,9 +156,13 @@ def check_vocabulary(name: str, teacher, student) -> None:
 
 
 def context_teacher(
-    context: SelfContext, student, tokenize_prompts: Callable, loss: TeacherLoss, columns: list[str]
+    context: SelfContext, student, tokenize_prompts: Callable, loss: TeacherLoss, columns: list[str], base_model=None
 ) -> TeacherSource:
-    """The student under a privileged prompt, with its initial (`base`) or current (`live`) weights."""
+    """
+    The student under a privileged prompt, with its initial (`base`) or current (`live`) weights. `base_model`: a
+    frozen copy of the initial weights to use for `base` without PEFT (by default a deep copy of `student`, which is
+    wrong where parameters are sharded, e.g. DeepSpeed ZeRO-3: there the caller builds it).
+    """
     missing = context.fields() - {"prompt"} - set(columns)
     if missing:
         raise ValueError(
@@ -158,6 +173,8 @@ def context_teacher(
     if context.weights == "base":
         if hasattr(student, "disable_adapter"):
             ctx = student.disable_adapter  # PEFT: the base weights are the model with adapters off
+        elif base_model is not None:
+            model = base_model
         else:
             # Full fine-tuning: keep a frozen copy of the weights as they are now (memory: one model).
             model = copy.deepcopy(student).requires_grad_(False).eval()

@@ -46,6 +46,8 @@ class TrainerAdapter:
 
     #: where rollouts come from, for the README and error messages
     rollout_source = ""
+    #: True when each process holds its own rollouts (to be gathered); False when every process builds the same ones
+    rollouts_are_local = True
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -140,6 +142,7 @@ class GKDAdapter(TrainerAdapter):
     """
 
     rollout_source = "fresh rollouts from training prompts (GKDTrainer keeps none)"
+    rollouts_are_local = False  # every process samples the same ones, from the seed they share
 
     def __init__(self, trainer, rollouts_per_pause: int = 4):
         super().__init__(trainer)

@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..diagnosis import PassResult, TeacherSource, context_teacher, diagnose_rollouts, model_teacher
+from ..diagnosis.rollout_pass import merge_results
 from ..diagnosis.teachers import check_vocabulary
 from ..engine.verifiers import NumericAnswerReward
 from ..outputs.metrics import pause_metrics
@@ -34,6 +35,7 @@ from ..outputs.tensorboard import AlignmentBoard, find_tensorboard_writer
 from ..world.checkpoints import resolve_model
 from .adapters import adapter_for
 from .config import GradientAlignmentConfig
+from .distributed import deepspeed_engines, full_parameters, gather_lists, is_zero3, prepare_teacher
 
 
 logger = logging.getLogger(__name__)
@@ -131,23 +133,34 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
 
     # -- set-up -----------------------------------------------------------------------------------------------------
     def _build_teachers(self, extra_models: dict, extra_contexts: list) -> list[TeacherSource]:
-        loss, cfg, adapter = self.adapter.teacher_loss(), self.config, self.adapter
-        sources = []
+        loss, cfg, adapter, trainer = self.adapter.teacher_loss(), self.config, self.adapter, self.trainer
+        sources, engines = [], [trainer.model_wrapped, getattr(trainer, "teacher_model", None)]
         if cfg.alignment_trainer_teacher:
             sources.append(adapter.trainer_teacher(cfg.alignment_trainer_teacher))
         for name, model in {**cfg.extra_teachers, **extra_models}.items():
             if isinstance(model, str):
-                from transformers import AutoModelForCausalLM
-
-                model = AutoModelForCausalLM.from_pretrained(resolve_model(model), dtype=self.student.dtype)
+                model = self._load(model)
             check_vocabulary(name, model, self.student)
-            # Prepared as TRL prepares its own teacher (device placement, evaluation mode).
-            model = self.trainer.accelerator.prepare_model(model.requires_grad_(False).eval(), evaluation_mode=True)
-            sources.append(model_teacher(name, self.trainer.accelerator.unwrap_model(model), self.student, loss))
+            prepared = prepare_teacher(model, trainer)  # exactly as TRL prepares its own teacher
+            engines.append(prepared)
+            sources.append(model_teacher(name, trainer.accelerator.unwrap_model(prepared), self.student, loss))
+        base_copy = None
         for context in cfg.self_contexts + list(extra_contexts):
-            sources.append(
-                context_teacher(context, self.student, adapter.tokenize_prompts, loss, adapter.dataset.column_names)
-            )
+            if (
+                context.weights == "base"
+                and not hasattr(self.student, "disable_adapter")
+                and is_zero3(trainer.accelerator)
+            ):
+                if base_copy is None:
+                    # ZeRO-3 shards the student's parameters: a deep copy would copy empty shards. Rebuild the
+                    # initial weights from the student's path, as TRL's SDFT does for its base teacher.
+                    base_copy = prepare_teacher(self._load(self.student.config._name_or_path), trainer)
+                    engines.append(base_copy)
+                model = trainer.accelerator.unwrap_model(base_copy)
+            else:
+                model = None
+            columns = adapter.dataset.column_names
+            sources.append(context_teacher(context, self.student, adapter.tokenize_prompts, loss, columns, model))
         names = [s.name for s in sources]
         if not sources:
             raise ValueError(
@@ -155,7 +168,15 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             )
         if len(set(names)) != len(names):
             raise ValueError(f"Teacher names must be unique, got {names}.")
+        self._engines = engines
         return sources
+
+    def _load(self, name_or_path: str):
+        from transformers import AutoModelForCausalLM
+
+        if not name_or_path:
+            raise ValueError("Cannot rebuild a teacher: the model has no name_or_path to load it from.")
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=self.student.dtype)
 
     # -- checkpoint state -------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -188,12 +209,16 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self.last_step = step
         start = time.perf_counter()
         with preserved_rng():
-            try:
-                metrics, result = self._pause(step, state.is_local_process_zero)
-            except Exception as err:  # a diagnostic must never take the training run down with it
-                self.errors += 1
-                logger.warning("gad: pause at step %d skipped: %s: %s", step, type(err).__name__, err, exc_info=True)
-                metrics, result = {}, PassResult()
+            metrics, result, errors = self._pause(step, state.is_local_process_zero)
+        if errors:  # a diagnostic must never take the training run down with it: counted, warned, skipped
+            self.errors += 1
+            for error in errors:
+                logger.warning("gad: pause at step %d skipped: %s", step, error)
+            metrics, result = {}, PassResult()
+        else:
+            for reason, count in result.skipped.items():
+                self.skipped[reason] = self.skipped.get(reason, 0) + count
+            self.nodes_total += int(metrics["gad/nodes"])
         self.pauses += 1
         metrics["gad/seconds"] = time.perf_counter() - start
         metrics["gad/errors"] = float(self.errors)
@@ -208,32 +233,48 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         return (self.config.alignment_seed * 1_000_003 + step) % (2**62)
 
     def _pause(self, step: int, show_progress: bool):
-        cfg, adapter = self.config, self.adapter
+        """
+        One pause on every process: the same rollouts everywhere, every `world_size`-th one diagnosed here, rows
+        gathered. Local failures are caught and reported after the collectives, so no process is left waiting.
+        """
+        cfg, adapter, acc = self.config, self.adapter, self.trainer.accelerator
+        rank, world = acc.process_index, acc.num_processes
         generator = torch.Generator().manual_seed(self._seed(step))
-        rollouts = adapter.rollouts(self.student, generator)
-        if len(rollouts) > cfg.alignment_rollouts_per_pause:
-            pick = torch.randperm(len(rollouts), generator=generator)[: cfg.alignment_rollouts_per_pause]
-            rollouts = [rollouts[i] for i in sorted(pick.tolist())]
-        diagnosis = cfg.diagnosis(adapter.max_completion_length(), adapter.temperature())
-        diagnosis.seed = self._seed(step)
-        result = diagnose_rollouts(
-            self.student,
-            adapter.tokenizer,
-            rollouts,
-            self.teachers,
-            self.reward_func,
-            diagnosis,
-            cfg.pass_settings(adapter.max_completion_length()),
-            step=step,
-            generator=generator,
-            progress=show_progress,
-        )
+        local, error = PassResult(), None
+        with full_parameters(deepspeed_engines(*self._engines), acc):
+            try:
+                rollouts = adapter.rollouts(self.student, generator)
+            except Exception as err:
+                rollouts, error = [], f"{type(err).__name__}: {err}"
+            if adapter.rollouts_are_local:
+                rollouts = gather_lists(rollouts, world)
+            if len(rollouts) > cfg.alignment_rollouts_per_pause:
+                pick = torch.randperm(len(rollouts), generator=generator)[: cfg.alignment_rollouts_per_pause]
+                rollouts = [rollouts[i] for i in sorted(pick.tolist())]
+            for i, rollout in enumerate(rollouts):  # identity and seed belong to the rollout, not to the process
+                rollout.key, rollout.seed = f"{step}-{i}", self._seed(step) * 1009 + i
+            if error is None:
+                try:
+                    local = diagnose_rollouts(
+                        self.student,
+                        adapter.tokenizer,
+                        rollouts[rank::world],
+                        self.teachers,
+                        self.reward_func,
+                        cfg.diagnosis(adapter.max_completion_length(), adapter.temperature()),
+                        cfg.pass_settings(adapter.max_completion_length()),
+                        step=step,
+                        progress=show_progress,
+                    )
+                except Exception as err:
+                    error = f"{type(err).__name__}: {err}"
+                    logger.debug("gad: pause failed", exc_info=True)
+        parts = gather_lists([(local, error)], world)
+        result = merge_results([p for p, _ in parts])
+        errors = [e for _, e in parts if e is not None]
         names = [t.name for t in self.teachers]
-        metrics = pause_metrics(result, names, cfg.alignment_confidence, seed=self._seed(step))
-        for reason, count in result.skipped.items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + count
-        self.nodes_total += int(metrics["gad/nodes"])
-        return metrics, result
+        metrics = pause_metrics(result, names, cfg.alignment_confidence, seed=self._seed(step)) if not errors else {}
+        return metrics, result, errors
 
     # -- outputs ----------------------------------------------------------------------------------------------------
     def _log(self, args, state, metrics: dict, result: PassResult) -> None:

@@ -1,0 +1,131 @@
+"""One distributed setting of the equivalence tests, launched by tests/distributed/test_distributed.py.
+
+    torchrun --standalone --nproc_per_node 2 tests/distributed/run_setting.py OUT_DIR [configs/deepspeed/zero3.json]
+
+(On these CPU machines DeepSpeed is set up through the trainer's `deepspeed=` argument with the same engine configs
+that configs/accelerate/deepspeed_zero{2,3}.yaml point to: accelerate's own DeepSpeed plugin path leaves the
+world size at 1 when it fills the batch sizes on CPU, which breaks TRL's teacher preparation.)
+
+Runs, in one launch: (1) a GKD run with learning rate 0 and the callback at step 1 (weights and fresh rollouts are
+then the same in every setting, so per-node alignments must be too); (2) and (3) the same short DistillationTrainer
+run without and with the callback. Process 0 writes OUT_DIR/result.json (losses, a hash of the final weights).
+"""
+
+import hashlib
+import json
+import os
+import sys
+import warnings
+
+
+os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TRL_EXPERIMENTAL_SILENCE="1")
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from trl import DistillationConfig, DistillationTrainer  # noqa: E402
+from trl.experimental.gkd import GKDConfig, GKDTrainer  # noqa: E402
+
+from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig  # noqa: E402
+from gad_callbacks.world import make_dataset  # noqa: E402
+from gad_callbacks.world.checkpoints import resolve_model  # noqa: E402
+
+
+OUT = sys.argv[1]
+DEEPSPEED = sys.argv[2] if len(sys.argv) > 2 else None
+STUDENT, TEACHER = resolve_model("default:student"), resolve_model("default:teacher")
+TOKENIZER = AutoTokenizer.from_pretrained(STUDENT)
+# Models are loaded before any TrainingArguments exists: under ZeRO-3 a later `from_pretrained` goes through
+# `zero.Init`, which on CPU runs before DeepSpeed knows the world size (the trainer partitions them anyway).
+MODELS = [
+    (
+        AutoModelForCausalLM.from_pretrained(STUDENT, dtype=torch.float32),
+        AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32),
+    )
+    for _ in range(3)
+]
+COMMON = dict(
+    bf16=False,
+    report_to="none",
+    logging_steps=1,
+    save_strategy="no",
+    gradient_checkpointing=False,
+    seed=0,
+    per_device_train_batch_size=2,
+    deepspeed=DEEPSPEED,
+    use_cpu=True,
+)
+
+
+def alignment_config():
+    return GradientAlignmentConfig(
+        alignment_every_n_steps=1,
+        alignment_rollouts_per_pause=4,
+        alignment_nodes_per_rollout=3,
+        alignment_targeted_rollouts=6,
+        alignment_num_bootstrap=50,
+        alignment_self_contexts=[
+            "solution:base={prompt} Reference solution: {solution}",
+            "answer:live={prompt} The answer is {answer}.",
+        ],
+    )
+
+
+def weights_hash(trainer) -> str:
+    """Hash of the full final weights (under ZeRO-3 consolidated by DeepSpeed itself; a collective)."""
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not trainer.accelerator.is_main_process:
+        return ""
+    return hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
+
+
+# (1) Per-node alignments: GKD (fresh rollouts from the shared seed), learning rate 0: every setting sees the same.
+gkd = GKDTrainer(
+    model=MODELS[0][0],
+    teacher_model=MODELS[0][1],
+    processing_class=TOKENIZER,
+    train_dataset=make_dataset(32).select_columns(["messages", "answer", "solution"]),
+    args=GKDConfig(output_dir=f"{OUT}/align", max_steps=1, learning_rate=0.0, lmbda=1.0, max_new_tokens=24, **COMMON),
+)
+gkd.add_callback(GradientAlignmentCallback(gkd, alignment_config()))
+gkd.train()
+
+# (2), (3) The observed run, without and with the callback.
+results = {}
+for with_callback in (False, True):
+    student, teacher = MODELS[1 + with_callback]
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        processing_class=TOKENIZER,
+        train_dataset=make_dataset(64).select_columns(["prompt", "answer", "solution"]),
+        args=DistillationConfig(
+            output_dir=f"{OUT}/train-{with_callback}",
+            max_steps=3,
+            learning_rate=1e-3,
+            max_completion_length=24,
+            **COMMON,
+        ),
+    )
+    if with_callback:
+        trainer.add_callback(GradientAlignmentCallback(trainer, alignment_config()))
+    trainer.train()
+    results[str(with_callback)] = {
+        "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
+        "weights": weights_hash(trainer),
+        "gad_rows": [r for r in trainer.state.log_history if "gad/nodes" in r],
+    }
+
+if gkd.accelerator.is_main_process:
+    results["world_size"] = gkd.accelerator.num_processes
+    results["zero_stage"] = getattr(getattr(gkd.accelerator.state, "deepspeed_plugin", None), "zero_stage", None)
+    with open(f"{OUT}/result.json", "w") as f:
+        json.dump(results, f, indent=1)
+
+# Leave without interpreter teardown: with several DeepSpeed engines alive, ZeRO-3 on CPU can abort in a C++
+# destructor at exit ("terminate called without an active exception") after all the work is done and written.
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)

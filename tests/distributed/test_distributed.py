@@ -1,0 +1,79 @@
+"""Several processes and DeepSpeed on this machine's CPUs: the same alignments as one process, and no perturbation.
+
+Each setting is one launch of tests/distributed/run_setting.py: (a) one process, (b) 2 processes (DDP, gloo),
+(c) 2 processes under DeepSpeed ZeRO-2, (d) 2 processes under ZeRO-3 (DeepSpeed's CPU accelerator).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gad_callbacks.outputs.records import read_records
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = str(ROOT / "tests" / "distributed" / "run_setting.py")
+SETTINGS = {
+    "single": [sys.executable, SCRIPT],
+    "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT],
+    "zero2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT],
+    "zero3": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT],
+}
+DEEPSPEED_CONFIG = {"zero2": "configs/deepspeed/zero2.json", "zero3": "configs/deepspeed/zero3.json"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env.pop("RANK", None)
+    for name, cmd in SETTINGS.items():
+        run_dir = tmp_path_factory.mktemp(name)
+        args = [str(run_dir)] + ([DEEPSPEED_CONFIG[name]] if name in DEEPSPEED_CONFIG else [])
+        done = subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{name} failed:\n{done.stderr[-4000:]}"
+        out[name] = run_dir
+    return out
+
+
+def node_records(run_dir):
+    return {
+        (r["rollout_id"], r["position"], r["teacher"]): r for r in read_records(run_dir / "align" / "gad" / "records")
+    }
+
+
+def test_settings_are_what_they_claim(runs):
+    for name, expected in {"single": (1, None), "ddp": (2, None), "zero2": (2, 2), "zero3": (2, 3)}.items():
+        result = json.loads((runs[name] / "result.json").read_text())
+        assert (result["world_size"], result["zero_stage"]) == expected, name
+
+
+@pytest.mark.parametrize("setting", ["ddp", "zero2", "zero3"])
+def test_per_node_alignment_equals_single_process(runs, setting):
+    reference, got = node_records(runs["single"]), node_records(runs[setting])
+    assert got.keys() == reference.keys()
+    assert sum(not math.isnan(r["param_cos"]) for r in reference.values()) >= 5, "too few defined nodes to compare"
+    for key, ref in reference.items():
+        for field in ("param_cos", "logit_cos", "advantage", "value"):
+            a, b = ref[field], got[key][field]
+            if math.isnan(a):
+                assert math.isnan(b), (setting, key, field)
+            else:
+                assert abs(a - b) <= 1e-5, (setting, key, field, a, b)
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_observed_run_is_bit_identical_with_the_callback(runs, setting):
+    result = json.loads((runs[setting] / "result.json").read_text())
+    without, with_cb = result["False"], result["True"]
+    assert len(without["losses"]) == 3
+    assert with_cb["losses"] == without["losses"]
+    assert with_cb["weights"] == without["weights"]
+    # The callback did pause (and diagnose) at every step, on every setting.
+    assert [row["gad/nodes"] > 0 for row in with_cb["gad_rows"]] == [True, True, True]
+    assert all(row["gad/errors"] == 0 for row in with_cb["gad_rows"])
