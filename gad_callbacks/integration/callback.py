@@ -114,6 +114,13 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self.trainer = trainer
         self.config = config or GradientAlignmentConfig()
         self.adapter = adapter_for(trainer, self.config.alignment_rollouts_per_pause)
+        if getattr(trainer, "is_fsdp_enabled", False):
+            # FSDP flattens and shards parameters inside its wrapper: probes on the unwrapped module would see
+            # shards, i.e. wrong gradients. Refuse rather than report a wrong number.
+            raise ValueError(
+                "GradientAlignmentCallback does not support FSDP. Use DeepSpeed ZeRO-2/3 "
+                "(configs/accelerate/deepspeed_zero3.yaml) or plain data parallelism."
+            )
         self.student = trainer.accelerator.unwrap_model(trainer.model)
         self.reward_func = reward_func or NumericAnswerReward(self.config.alignment_answer_column)
         if (

@@ -145,6 +145,11 @@ def test_attach_time_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="names must be unique"):
         GradientAlignmentConfig(alignment_self_contexts=["teacher:base={prompt}"])
 
+    trainer.is_fsdp_enabled = True
+    with pytest.raises(ValueError, match="does not support FSDP"):
+        GradientAlignmentCallback(trainer, config())
+    trainer.is_fsdp_enabled = False
+
     from transformers import Trainer, TrainingArguments
 
     plain = Trainer(
