@@ -17,8 +17,8 @@ from transformers.cache_utils import Cache
 
 from benchmarks.common import bench_model, print_table, timed
 from gad_callbacks import RolloutRequest, estimate_success, rollout_requests
+from gad_callbacks.engine.kv_cache import PreallocatedLayer
 from gad_callbacks.engine.model_io import cache_keyword, output_cache
-from gad_callbacks.engine.rollouts import _PreallocatedLayer
 
 
 def floor_decode(model, prefix, continuations, device):
@@ -36,7 +36,7 @@ def floor_decode(model, prefix, continuations, device):
 
     def run():
         # The same in-place KV storage as ours, filled outside the loop: only the decoding steps remain.
-        c = Cache(layers=[_PreallocatedLayer(k, v, prefix.numel() + steps) for k, v in layers])
+        c = Cache(layers=[PreallocatedLayer(k, v, prefix.numel() + steps) for k, v in layers])
         positions = torch.arange(prefix.numel(), prefix.numel() + steps, device=device)
         with torch.no_grad():
             for t in range(steps - 1):

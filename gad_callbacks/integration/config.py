@@ -20,7 +20,7 @@ class GradientAlignmentConfig:
         alignment_every_n_steps (`int`, *optional*, defaults to `50`):
             Pause training every this many optimizer steps to diagnose.
         alignment_rollouts_per_pause (`int`, *optional*, defaults to `4`):
-            Student rollouts diagnosed per pause (per process).
+            Student rollouts diagnosed per pause, in total (split across processes).
         alignment_nodes_per_rollout (`int`, *optional*, defaults to `4`):
             Nodes (completion positions) diagnosed per rollout.
         alignment_node_strategy (`str`, *optional*, defaults to `"entropy"`):
