@@ -3,8 +3,8 @@
     torchrun --standalone --nproc_per_node 2 tests/distributed/run_setting.py OUT_DIR [configs/deepspeed/zero3.json]
 
 (On these CPU machines DeepSpeed is set up through the trainer's `deepspeed=` argument with the same engine configs
-that configs/accelerate/deepspeed_zero{2,3}.yaml point to: accelerate's own DeepSpeed plugin path leaves the
-world size at 1 when it fills the batch sizes on CPU, which breaks TRL's teacher preparation.)
+that configs/accelerate/deepspeed_zero{2,3}.yaml point to: launched through accelerate's DeepSpeed plugin instead,
+TRL's own teacher preparation fails on CPU with a batch-size assertion, before the callback is involved.)
 
 Runs, in one launch: (1) a GKD run with learning rate 0 and the callback at step 1 (weights and fresh rollouts are
 then the same in every setting, so per-node alignments must be too); (2) and (3) the same short DistillationTrainer
