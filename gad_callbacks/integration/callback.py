@@ -141,7 +141,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
     # -- set-up -----------------------------------------------------------------------------------------------------
     def _build_teachers(self, extra_models: dict, extra_contexts: list) -> list[TeacherSource]:
         loss, cfg, adapter, trainer = self.adapter.teacher_loss(), self.config, self.adapter, self.trainer
-        sources, engines = [], [trainer.model_wrapped, getattr(trainer, "teacher_model", None)]
+        sources, engines = [], []  # engines of our own teachers; the trainer's are looked up at each pause
         if cfg.alignment_trainer_teacher:
             sources.append(adapter.trainer_teacher(cfg.alignment_trainer_teacher))
         for name, model in {**cfg.extra_teachers, **extra_models}.items():
@@ -248,7 +248,10 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         rank, world = acc.process_index, acc.num_processes
         generator = torch.Generator().manual_seed(self._seed(step))
         local, error = PassResult(), None
-        with full_parameters(deepspeed_engines(*self._engines), acc):
+        # The student's DeepSpeed engine only exists once training has started (`model_wrapped` is the bare model
+        # at attach time), so the engines are collected here, not when the callback is built.
+        trainer_engines = (self.trainer.model_wrapped, getattr(self.trainer, "teacher_model", None))
+        with full_parameters(deepspeed_engines(*trainer_engines, *self._engines), acc):
             try:
                 rollouts = adapter.rollouts(self.student, generator)
             except Exception as err:
