@@ -16,6 +16,7 @@ from .diagnosis import (
     diagnose_node,
     diagnose_nodes,
     diagnose_rollouts,
+    pooled_alignment,
 )
 from .engine.rollouts import RolloutRequest, estimate_success, rollout_requests
 from .engine.verifiers import NumericAnswerReward, extract_final_number, reward_function_score
@@ -24,7 +25,7 @@ from .integration.callback import GradientAlignmentCallback
 from .integration.config import GradientAlignmentConfig
 from .method.directions import distillation_direction, distillation_loss, ideal_direction, oracle_teacher_logits
 from .method.nodes import candidate_set, entropy, select_nodes
-from .method.stats import Summary, paired_difference, summarize
+from .method.stats import Summary, paired_difference, pooled_ratio, summarize
 from .method.success import SuccessEstimate
 
 
@@ -60,6 +61,8 @@ __all__ = [
     "ideal_direction",
     "oracle_teacher_logits",
     "paired_difference",
+    "pooled_alignment",
+    "pooled_ratio",
     "parameter_cosines",
     "parameter_gram",
     "reward_function_score",

@@ -107,7 +107,13 @@ def test_estimated_alignment_converges_to_exact():
         errs = []
         for seed in range(6):
             cfg = DiagnosisConfig(
-                num_rollouts=n, max_new_tokens=3, mass=1.0, max_candidates=6, num_bootstrap=0, seed=seed
+                num_rollouts=n,
+                max_new_tokens=3,
+                mass=1.0,
+                max_candidates=6,
+                num_bootstrap=0,
+                seed=seed,
+                allocation="uniform",
             )
             est = diagnose_node(model, seq, 5, teachers, losses, score, cfg)
             assert sorted(est.success.candidates.tolist()) == list(range(6))

@@ -13,6 +13,7 @@ import torch
 
 from ..diagnosis import Rollout, TeacherLoss, context_teacher, diagnose_rollouts, model_teacher
 from ..diagnosis.teachers import parse_named_models
+from ..engine.model_io import eos_token_ids
 from ..engine.rollouts import sample_completions
 from ..engine.verifiers import NumericAnswerReward
 from ..integration.config import GradientAlignmentConfig
@@ -150,7 +151,7 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
         [prompt_ids[i] for i in order],
         args.max_completion_length,
         temperature=args.sampling_temperature,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=eos_token_ids(student, tokenizer),
         generator=generator,
     )
     rollouts = [

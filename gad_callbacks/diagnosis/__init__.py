@@ -2,6 +2,7 @@
 
 from .diagnose import diagnose_node, diagnose_nodes
 from .inputs import DiagnosisConfig, Node, TeacherLoss
+from .pooling import pooled_alignment
 from .results import Diagnosis, NodeDiagnosis, RolloutAlignment, TeacherAlignment
 from .rollout_pass import PassResult, PassSettings, diagnose_rollouts, verify_rollout
 from .teachers import Rollout, SelfContext, TeacherSource, context_teacher, model_teacher
@@ -25,5 +26,6 @@ __all__ = [
     "diagnose_nodes",
     "diagnose_rollouts",
     "model_teacher",
+    "pooled_alignment",
     "verify_rollout",
 ]

@@ -1,38 +1,49 @@
-"""One diagnostic pass over nodes of student rollouts: candidates -> targeted rollouts -> directions -> cosines.
+"""One diagnostic pass over nodes of student rollouts: candidates -> directions -> Gram -> targeted rollouts -> cosines.
 
 This is the function the callback and the command-line diagnostic both call; it knows nothing about trainers. Follow
 one node through `diagnose_nodes`:
 
 1. the student's logits at the node (one no-grad forward per rollout);
 2. the candidate set `K(u)`: the student's top tokens, the sampled token, every teacher's top token;
-3. targeted rollouts for all nodes at once -> `S_hat_k` with counts;
-4. the ideal direction `a_hat` and every teacher's `b_T` (its loss's own gradient, by autograd);
-5. one forward with grad per rollout and one batched backward per group of nodes -> the Gram matrix of
-   `J^T e_k` (k in K) and `J^T b_T`. `a_hat` lives on the candidate basis, so its parameter-space cosine with every
-   teacher, and those of all its bootstrap replicates, follow exactly from that Gram matrix;
-6. logit-space cosines, restricted cosines, outside shares, teacher advantages, bootstrap intervals.
+3. every teacher's direction `b_T` (its loss's own gradient, by autograd); a teacher whose distribution equals the
+   student's (total variation below `zero_tol`) gets none;
+4. one forward with grad per rollout and one batched backward per group of nodes -> the node Gram matrix of
+   `J^T e_k` (k in K) and `J^T b_T`. It does not depend on the rollouts, so it comes first: the ideal lives on the
+   candidate basis, and every parameter-space number of the node, for any success rates, follows from it;
+5. targeted rollouts for all nodes at once -> `S_hat_k` with counts: uniformly, or adaptively (a first round, then
+   rounds allocated where the noise of the ideal shrinks most, until each node's intervals are narrow enough);
+6. per node (`method/alignment.py`): cosines, profile-likelihood intervals (`method/intervals.py`), the unbiased
+   pooled-alignment terms, restricted cosines, outside shares, teacher advantages.
 
 All teachers are scored on the same nodes against the same `a_hat`, so their differences are paired.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from ..engine.model_io import logits_at, model_device
+from ..engine.model_io import eos_token_ids, logits_at, model_device
 from ..engine.rollouts import RolloutRequest, rollout_requests
 from ..engine.vjp import parameter_gram
 from ..method.alignment import (
+    ideal_cosines,
+    ideal_norm2,
     ideal_on_candidates,
+    logit_gram,
+    node_value,
     outside_share,
-    percentile_interval,
     restricted_cosine,
     span_cosines,
     teacher_advantage,
+    teacher_projections,
 )
+from ..method.allocation import neyman_counts
 from ..method.directions import check_logits, ideal_direction
+from ..method.intervals import cosine_intervals, region_has_flat
 from ..method.nodes import candidate_set
-from ..method.success import SuccessEstimate
+from ..method.streams import stream
+from ..method.success import SuccessEstimate, pad_rows
 from .inputs import DiagnosisConfig, Node, TeacherLoss
 from .results import Diagnosis, NodeDiagnosis, RolloutAlignment, TeacherAlignment
 
@@ -80,31 +91,34 @@ def _vector_layout(nodes_of_seq, num_teachers, max_vectors):
             current = []
         current = current + idx
     groups.append(current)
-    sums = list(range(b, b + 1 + num_teachers))
-    groups.append(sums)
-    return layout, sums, groups
+    return layout, groups
+
+
+def _by_sequence(nodes):
+    out: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        out.setdefault(node.sequence, []).append(i)
+    return out
 
 
 def _param_grams(model, sequences, nodes, prepared, names, config):
-    """Per node: Gram of [J^T e_k for k in K] + [J^T b_T]; per rollout: Gram of the summed ideal and teacher vectors."""
+    """
+    Per node: Gram of `[J^T e_k for k in K] + [J^T b_T]`. Per rollout: the whole Gram when all its nodes fit in one
+    backward group (the rollout-level cosine then needs no other pass), else None.
+    """
     node_grams: list[torch.Tensor | None] = [None] * len(nodes)
-    rollout_grams: dict[int, tuple[torch.Tensor, int]] = {}
-    by_sequence: dict[int, list[int]] = {}
-    for i, node in enumerate(nodes):
-        by_sequence.setdefault(node.sequence, []).append(i)
-    m = len(names)
-    for seq, idxs in by_sequence.items():
-        vocab = prepared[idxs[0]]["ideal"].numel()
-        layout, sums, groups = _vector_layout([prepared[i]["candidates"].numel() for i in idxs], m, config.max_vectors)
-        cot = torch.zeros(sums[-1] + 1, len(idxs), vocab)
+    rollout_grams: dict[int, tuple[torch.Tensor, list] | None] = {}
+    for seq, idxs in _by_sequence(nodes).items():
+        vocab = prepared[idxs[0]]["student"].numel()
+        layout, groups = _vector_layout(
+            [prepared[i]["candidates"].numel() for i in idxs], len(names), config.max_vectors
+        )
+        cot = torch.zeros(layout[-1][-1] + 1, len(idxs), vocab)
         for r, (i, rows) in enumerate(zip(idxs, layout, strict=True)):
             cand = prepared[i]["candidates"]
             cot[torch.tensor(rows[: cand.numel()]), r, cand] = 1.0
             for t, name in enumerate(names):
                 cot[rows[cand.numel() + t], r] = prepared[i]["directions"][name]
-            cot[sums[0], r] = prepared[i]["ideal"]
-            for t, name in enumerate(names):
-                cot[sums[1 + t], r] += prepared[i]["directions"][name]
         positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
         length = max(nodes[i].prefix_len for i in idxs)
         gram = parameter_gram(
@@ -113,9 +127,114 @@ def _param_grams(model, sequences, nodes, prepared, names, config):
         for i, rows in zip(idxs, layout, strict=True):
             sel = torch.tensor(rows)
             node_grams[i] = gram[sel[:, None], sel[None, :]]
-        sel = torch.tensor(sums)
-        rollout_grams[seq] = (gram[sel[:, None], sel[None, :]], len(idxs))
+        rollout_grams[seq] = (gram, layout) if len(groups) == 1 else None
     return node_grams, rollout_grams
+
+
+def _rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_grams):
+    """`cos(sum_u g_ideal(u), sum_u g_T(u))` per rollout, from its Gram, or from one more backward when it was split."""
+    out = []
+    m = len(names)
+    for seq, idxs in _by_sequence(nodes).items():
+        whole = rollout_grams[seq]
+        if whole is not None:
+            gram, layout = whole
+            ideal = torch.zeros(gram.shape[0], dtype=torch.float64)
+            teachers = torch.zeros(m, gram.shape[0], dtype=torch.float64)
+            for i, rows in zip(idxs, layout, strict=True):
+                k = prepared[i]["candidates"].numel()
+                ideal[torch.tensor(rows[:k])] = prepared[i]["a_k"]
+                for t in range(m):
+                    teachers[t, rows[k + t]] = 1.0
+            cos = span_cosines(gram, ideal[None], teachers)[0]
+        else:
+            vocab = prepared[idxs[0]]["student"].numel()
+            cot = torch.zeros(1 + m, len(idxs), vocab)
+            for r, i in enumerate(idxs):
+                cot[0, r] = prepared[i]["ideal"]
+                for t, name in enumerate(names):
+                    cot[1 + t, r] = prepared[i]["directions"][name]
+            positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
+            length = max(nodes[i].prefix_len for i in idxs)
+            gram = parameter_gram(model, sequences[seq][:length], positions, cot, config.params, sketch_dim=config.sketch_dim)
+            cos = span_cosines(gram, torch.eye(1 + m)[:1], torch.eye(1 + m)[1:])[0]
+        out.append(RolloutAlignment(seq, len(idxs), {n: float(c) for n, c in zip(names, cos, strict=True)}))
+    return out
+
+
+def _targeted_rollouts(model, sequences, nodes, prepared, config):
+    """Success estimates of every node's candidates, uniformly or adaptively allocated (see `method/allocation.py`)."""
+    todo = [i for i, node in enumerate(nodes) if node.success is None]
+    if not todo:
+        return
+    generator = stream(config.seed, "targeted_rollouts", device=model_device(model))
+    eos = config.eos_token_id if config.eos_token_id is not None else eos_token_ids(model)
+
+    def run(batch):  # batch: {node index: counts per candidate}
+        requests = [
+            RolloutRequest(
+                nodes[i].sequence,
+                nodes[i].prefix_len,
+                prepared[i]["candidates"],
+                nodes[i].score,
+                max_new_tokens=nodes[i].max_new_tokens,
+                counts=counts,
+            )
+            for i, counts in batch.items()
+        ]
+        estimates = rollout_requests(
+            model,
+            sequences,
+            requests,
+            config.num_rollouts,
+            config.max_new_tokens,
+            temperature=config.temperature,
+            eos_token_id=eos,
+            generator=generator,
+            max_batch_rows=config.max_batch_rows,
+        )
+        for i, estimate in zip(batch, estimates, strict=True):
+            prev = prepared[i]["success"]
+            prepared[i]["success"] = estimate if prev is None else prev.extend(estimate)
+
+    for i in todo:
+        prepared[i]["success"] = None
+        observed = nodes[i].observed_score
+        cand = prepared[i]["candidates"]
+        if config.reuse_observed and observed is not None and prepared[i]["sampled"] in cand.tolist():
+            rows = [torch.zeros(0, dtype=torch.float64)] * cand.numel()
+            rows[cand.tolist().index(prepared[i]["sampled"])] = torch.tensor([float(observed)], dtype=torch.float64)
+            prepared[i]["success"] = SuccessEstimate(cand, pad_rows(rows), torch.zeros(cand.numel(), dtype=torch.long))
+            prepared[i]["reused"] = 1
+    if config.allocation == "uniform":
+        run({i: torch.full((prepared[i]["candidates"].numel(),), config.num_rollouts) for i in todo})
+        return
+    first = min(config.min_rollouts, config.num_rollouts)
+    run({i: torch.full((prepared[i]["candidates"].numel(),), first) for i in todo})
+    budgets = {i: config.num_rollouts * prepared[i]["candidates"].numel() for i in todo}
+    for r in range(config.allocation_rounds):
+        batch = {}
+        for i in todo:
+            prep = prepared[i]
+            spent = int(prep["success"].count.sum())
+            left = budgets[i] - spent
+            if left <= 0 or _narrow_enough(prep, config):
+                continue
+            batch[i] = neyman_counts(prep["gram"], prep["p_k"], prep["success"], math.ceil(left / (config.allocation_rounds - r)))
+        if not batch:
+            break
+        run(batch)
+
+
+def _narrow_enough(prep, config) -> bool:
+    """Whether every teacher's parameter-space interval at the node is already at most `target_width` wide."""
+    lo, hi = cosine_intervals(
+        prep["gram"], prep["p_k"], prep["success"], config.confidence, num_points=64, rounds=2,
+        generator=stream(config.seed, "allocation", int(prep["success"].count.sum())),
+    )
+    width = hi - lo
+    width = width[~torch.isnan(width)]
+    return width.numel() == 0 or bool((width <= config.target_width).all())
 
 
 def diagnose_nodes(
@@ -152,7 +271,6 @@ def diagnose_nodes(
         return Diagnosis([], [])
     student = _student_logits(model, sequences, nodes)
 
-    # Candidates (METHOD.md step 1), then targeted rollouts for every node that has no known estimate.
     prepared = []
     for node, z in zip(nodes, student, strict=True):
         # A teacher without logits at a node (e.g. a position the trainer's loss skips) gives no signal there.
@@ -182,107 +300,105 @@ def diagnose_nodes(
                 teacher_logits=[v for v in teacher.values() if v is not None] if config.teacher_top > 0 else [],
                 teacher_top=max(config.teacher_top, 1),
             )
-        prepared.append({"candidates": candidates, "teacher": teacher, "sampled": sampled, "success": node.success})
-    todo = [i for i, node in enumerate(nodes) if node.success is None]
-    if todo:
-        generator = torch.Generator(device=model_device(model)).manual_seed(config.seed)
-        requests = [
-            RolloutRequest(nodes[i].sequence, nodes[i].prefix_len, prepared[i]["candidates"], nodes[i].score)
-            for i in todo
-        ]
-        estimates = rollout_requests(
-            model,
-            sequences,
-            requests,
-            config.num_rollouts,
-            config.max_new_tokens,
-            temperature=config.temperature,
-            eos_token_id=getattr(model.config, "eos_token_id", None),
-            generator=generator,
-            max_batch_rows=config.max_batch_rows,
-        )
-        for i, estimate in zip(todo, estimates, strict=True):
-            prepared[i]["success"] = estimate
-
-    # Directions in logit space: the ideal from the estimates, each teacher's from its own loss.
-    for i, z in enumerate(student):
-        prep = prepared[i]
-        prep["ideal"] = ideal_direction(z, prep["candidates"], prep["success"].mean, config.temperature)
-        prep["directions"], prep["undefined"] = {}, {}
+        p = torch.softmax(z.double() / config.temperature, dim=-1)
+        prep = {"student": z, "candidates": candidates, "teacher": teacher, "sampled": sampled, "p": p}
+        prep["p_k"], prep["success"] = p[candidates], node.success
+        prep["directions"], prep["undefined"], prep["distance"] = {}, {}, {}
         for name, loss in teacher_losses.items():
-            if prep["teacher"][name] is None:
-                prep["directions"][name] = torch.zeros_like(prep["ideal"], dtype=torch.float32)
+            if teacher[name] is None:
+                prep["directions"][name] = torch.zeros_like(z)
                 prep["undefined"][name] = "no_signal"
                 continue
-            sampled = prep["sampled"] if loss.loss == "sampled_token" else None
-            if loss.loss == "sampled_token" and sampled is None:
-                raise ValueError(f"Teacher {name!r} uses the sampled-token loss but node {i} has no sampled token.")
-            b = loss.direction(z, prep["teacher"][name], sampled)
-            if float(b.abs().max()) <= config.zero_tol:
-                b = torch.zeros_like(b)
+            # "Teacher equals student" is a property of the two distributions (float64, as the loss sees them), not
+            # of the size of b: b scales with 1 - p_max, so a confident student and a disagreeing teacher give a
+            # small b, while float32 rounding of a 49k-way softmax gives a b of 1e-6 for a teacher that is the student.
+            distance = loss.distance(z, teacher[name])
+            prep["distance"][name] = distance
+            if distance <= config.zero_tol:
+                prep["directions"][name] = torch.zeros_like(z)
                 prep["undefined"][name] = "teacher_matches_student"
-            prep["directions"][name] = b
-        if float(prep["ideal"].abs().max()) == 0.0:
-            for name in names:
-                prep["undefined"].setdefault(name, "flat_success")
+                continue
+            token = sampled if loss.loss == "sampled_token" else None
+            if loss.loss == "sampled_token" and token is None:
+                raise ValueError(f"Teacher {name!r} uses the sampled-token loss but a node has no sampled token.")
+            prep["directions"][name] = loss.direction(z, teacher[name], token).float()
+        prepared.append(prep)
 
     node_grams, rollout_grams = _param_grams(model, sequences, nodes, prepared, names, config)
-    bootstrap = torch.Generator().manual_seed(config.seed + 1)
+    for prep, gram in zip(prepared, node_grams, strict=True):
+        prep["gram"] = gram
+    _targeted_rollouts(model, sequences, nodes, prepared, config)
+    for prep in prepared:
+        prep["ideal"] = ideal_direction(prep["student"], prep["candidates"], prep["success"].mean, config.temperature)
+        prep["a_k"] = ideal_on_candidates(prep["p_k"], prep["success"].mean)
+        if float(prep["a_k"].abs().max()) == 0.0:
+            for name in names:
+                prep["undefined"].setdefault(name, "flat_success")
     results = [
-        _assemble(nodes[i], z, prepared[i], node_grams[i], names, teacher_losses, config, bootstrap)
-        for i, z in enumerate(student)
+        _assemble(nodes[i], prepared[i], names, teacher_losses, config, spent)
+        for i, spent in enumerate(_spent(nodes, prepared))
     ]
-    rollouts = []
-    for seq, (gram, count) in rollout_grams.items():
-        cos = span_cosines(gram, torch.eye(len(names) + 1)[:1], torch.eye(len(names) + 1)[1:])[0]
-        rollouts.append(RolloutAlignment(seq, count, {n: float(c) for n, c in zip(names, cos, strict=True)}))
+    rollouts = _rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_grams)
     return Diagnosis(results, rollouts)
 
 
-def _assemble(node, z, prep, gram, names, teacher_losses, config, bootstrap) -> NodeDiagnosis:
-    cand, success = prep["candidates"], prep["success"]
-    p = torch.softmax(z.double() / config.temperature, dim=-1)
-    k, m = cand.numel(), len(names)
-    # Ideal coefficients on the candidate basis: the point estimate first, then bootstrap replicates.
-    means = success.mean.unsqueeze(0)
-    if config.num_bootstrap > 0:
-        means = torch.cat([means, success.resample_means(config.num_bootstrap, bootstrap)])
-    a_k = ideal_on_candidates(p[cand], means)  # [1 + B, K]
-    coeff_ideal = torch.cat([a_k, torch.zeros(a_k.shape[0], m, dtype=a_k.dtype)], dim=1)
-    coeff_teachers = torch.cat([torch.zeros(m, k, dtype=torch.float64), torch.eye(m, dtype=torch.float64)], dim=1)
-    param = span_cosines(gram, coeff_ideal, coeff_teachers)  # [1 + B, M]
+def _spent(nodes, prepared):
+    """Targeted continuations decoded per node (a reused observed outcome and known estimates cost nothing)."""
+    for node, prep in zip(nodes, prepared, strict=True):
+        yield 0 if node.success is not None else int(prep["success"].count.sum()) - prep.get("reused", 0)
 
+
+def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis:
+    cand, success, p, p_k, a_k = prep["candidates"], prep["success"], prep["p"], prep["p_k"], prep["a_k"]
+    directions = [prep["directions"][n] for n in names]
+    grams = {"param": prep["gram"], "logit": logit_gram(cand, directions)}
+    count, variance = success.count, success.variance()
     diag = NodeDiagnosis(
         sequence=node.sequence,
         prefix_len=node.prefix_len,
         sampled_token=prep["sampled"],
         candidates=cand,
         success=success,
-        value=float((p[cand] * success.mean).sum() / p[cand].sum()),
-        student_probs=p[cand].float(),
+        value=float(node_value(p_k, success.mean)),
+        student_probs=p_k.float(),
         ideal=prep["ideal"],
         directions=prep["directions"],
         undefined=dict(prep["undefined"]),
+        gram=prep["gram"],
+        ideal_norm2={space: ideal_norm2(g, p_k, success.mean, variance, count) for space, g in grams.items()},
+        rollouts_spent=spent,
+        region_flat=region_has_flat(success, config.confidence) if bool((count > 0).all()) else True,
     )
+    cos, ci, proj = {}, {}, {}
+    for space, g in grams.items():
+        cos[space] = ideal_cosines(g, a_k[None])[0]
+        proj[space] = teacher_projections(g, a_k)
+        if config.num_bootstrap > 0 and bool((count > 0).all()):
+            ci[space] = cosine_intervals(
+                g, p_k, success, config.confidence, num_points=config.num_bootstrap,
+                generator=stream(config.seed, "intervals", node.sequence, node.prefix_len, space),
+            )
+        else:
+            nan = torch.full((len(names),), float("nan"), dtype=torch.float64)
+            ci[space] = (nan, nan)
     for t, name in enumerate(names):
         b = prep["directions"][name]
-        b_k = b.double()[cand]
-        # Logit space: a* is supported on K, so <a*, b> only needs b on K; ||b|| is over the whole vocabulary.
-        norms = a_k.norm(dim=1) * b.double().norm()
-        logit = torch.where(norms > 0, (a_k @ b_k) / norms, torch.full_like(norms, float("nan"))).clamp(-1, 1)
         t_logits = prep["teacher"][name]
-        q = None if t_logits is None else torch.softmax(t_logits.double() / teacher_losses[name].temperature, dim=-1)
-        param_ci = percentile_interval(param[1:, t], config.confidence) if config.num_bootstrap else (param[0, t],) * 2
-        logit_ci = percentile_interval(logit[1:], config.confidence) if config.num_bootstrap else (logit[0],) * 2
+        # The teacher advantage asks what would happen if the student *acted* like the teacher: both policies at the
+        # sampling temperature, whatever temperature the distillation loss uses.
+        q = None if t_logits is None else torch.softmax(t_logits.double() / config.temperature, dim=-1)
         diag.teachers[name] = TeacherAlignment(
-            param_cos=float(param[0, t]),
-            param_ci=(float(param_ci[0]), float(param_ci[1])),
-            logit_cos=float(logit[0]),
-            logit_ci=(float(logit_ci[0]), float(logit_ci[1])),
+            param_cos=float(cos["param"][t]),
+            param_ci=(float(ci["param"][0][t]), float(ci["param"][1][t])),
+            logit_cos=float(cos["logit"][t]),
+            logit_ci=(float(ci["logit"][0][t]), float(ci["logit"][1][t])),
             restricted_cos=float(restricted_cosine(prep["ideal"], b, cand, p)),
             outside_share=float(outside_share(b, cand)),
             advantage=float("nan") if q is None else float(teacher_advantage(p, q, cand, success.mean)),
             direction_norm=float(b.norm()),
+            param_proj=float(proj["param"][t]),
+            logit_proj=float(proj["logit"][t]),
+            distance=prep["distance"].get(name, float("nan")),
         )
     return diag
 

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..method.directions import LOSSES, distillation_direction
+from ..method.alignment import total_variation
+from ..method.directions import LOSSES, _restrict_top_k, distillation_direction
 from ..method.success import SuccessEstimate
 
 
@@ -39,6 +40,17 @@ class TeacherLoss:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
+    def distance(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+        """
+        Total-variation distance of the teacher's and the student's distributions as this loss sees them: float64, at
+        the loss temperature, on the loss's support (the student's top-k, with the tail bucket, under `top_k`).
+        """
+        log_p = torch.log_softmax(student_logits.reshape(-1).double() / self.temperature, dim=-1)
+        log_q = torch.log_softmax(teacher_logits.reshape(-1).double() / self.temperature, dim=-1)
+        if self.top_k is not None and self.loss != "sampled_token":
+            log_p, log_q = _restrict_top_k(log_p, log_q, min(self.top_k, log_p.numel()), self.add_tail)
+        return total_variation(log_p, log_q)
+
     def direction(self, student_logits, teacher_logits, sampled_token=None) -> torch.Tensor:
         return distillation_direction(
             student_logits,
@@ -52,6 +64,9 @@ class TeacherLoss:
         )
 
 
+ALLOCATIONS = ("adaptive", "uniform")
+
+
 @dataclass
 class DiagnosisConfig:
     """
@@ -59,11 +74,12 @@ class DiagnosisConfig:
 
     Args:
         num_rollouts (`int`, *optional*, defaults to `8`):
-            Targeted rollouts per candidate token.
+            Targeted rollouts per candidate token (uniform allocation); under adaptive allocation a node's budget is
+            `num_rollouts` times its number of candidates, spent only as far as needed.
         max_new_tokens (`int`, *optional*, defaults to `256`):
-            Tokens sampled after a forced candidate, at most.
+            Tokens sampled after a forced candidate, at most (a node's own `max_new_tokens` can lower it).
         temperature (`float`, *optional*, defaults to `1.0`):
-            Student sampling temperature (of the rollouts and of `p`).
+            Student sampling temperature (of the rollouts, of `p`, and of `q` in the teacher advantage).
         mass (`float`, *optional*, defaults to `0.95`):
             Student probability mass the candidate set covers.
         max_candidates (`int`, *optional*, defaults to `8`):
@@ -77,16 +93,40 @@ class DiagnosisConfig:
         sketch_dim (`int`, *optional*):
             CountSketch dimension replacing exact inner products (very large parameter sets).
         num_bootstrap (`int`, *optional*, defaults to `200`):
-            Bootstrap replicates (rollouts resampled within candidates) for the per-node intervals.
+            Points of the likelihood boundary searched for each per-node interval (profile likelihood, see
+            `method/intervals.py`; the name is kept from the bootstrap it replaced). `0` turns per-node intervals off
+            (they are then NaN).
         confidence (`float`, *optional*, defaults to `0.95`):
             Interval level.
-        zero_tol (`float`, *optional*, defaults to `1e-6`):
-            A teacher direction whose largest entry is below this is zero (teacher = student at the node): its
-            cosines are undefined. Float32 rounding of probabilities is ~1e-7, below this.
+        zero_tol (`float`, *optional*, defaults to `1e-4`):
+            A teacher whose next-token distribution is within this total-variation distance of the student's (float64,
+            at the loss temperature, on the loss's support) *is* the student at that node: its cosines are undefined
+            (`teacher_matches_student`). Decided on the distributions, not on the size of `b` (which scales with
+            `1 - p_max`); float32 forward rounding between two passes of the same weights stays below 1e-5 even at a
+            49k vocabulary.
         max_batch_rows (`int`, *optional*, defaults to `512`):
             Most continuations decoded in one batch.
         seed (`int`, *optional*, defaults to `0`):
-            Seed of the rollout and bootstrap generators (the global RNG is never used).
+            Seed of the pass; each purpose (targeted rollouts, interval search) draws from its own stream derived
+            from it (the global RNG is never used).
+        allocation (`str`, *optional*, defaults to `"adaptive"`):
+            `"adaptive"`: `min_rollouts` per candidate, then rounds spent where they most shrink the noise of the
+            ideal (Neyman allocation), stopping a node once every teacher's interval is narrower than
+            `target_width`. `"uniform"`: `num_rollouts` per candidate.
+        min_rollouts (`int`, *optional*, defaults to `4`):
+            First-round rollouts per candidate under adaptive allocation (at least 2: the pooled estimator needs a
+            variance per candidate).
+        target_width (`float`, *optional*, defaults to `0.5`):
+            Adaptive allocation stops a node once all its parameter-space intervals are at most this wide.
+        allocation_rounds (`int`, *optional*, defaults to `3`):
+            Rounds after the first under adaptive allocation.
+        reuse_observed (`bool`, *optional*, defaults to `False`):
+            Count the rollout's own verified outcome as one more sample of its sampled token. Off by default: node
+            selection looks at the rollout's continuation (its length, and its entropies under `"entropy"`), so that
+            outcome is not an unbiased draw of `S` for the sampled token.
+        eos_token_id (`list[int]`, *optional*):
+            Tokens that end a targeted continuation; TRL's set (generation config + tokenizer) when omitted, see
+            [`~gad_callbacks.engine.model_io.eos_token_ids`].
     """
 
     num_rollouts: int = 8
@@ -100,9 +140,15 @@ class DiagnosisConfig:
     sketch_dim: int | None = None
     num_bootstrap: int = 200
     confidence: float = 0.95
-    zero_tol: float = 1e-6
+    zero_tol: float = 1e-4
     max_batch_rows: int = 512
     seed: int = 0
+    allocation: str = "adaptive"
+    min_rollouts: int = 4
+    target_width: float = 0.5
+    allocation_rounds: int = 3
+    reuse_observed: bool = False
+    eos_token_id: list[int] | None = None
 
     def __post_init__(self):
         checks = {
@@ -118,6 +164,10 @@ class DiagnosisConfig:
             "confidence": 0 < self.confidence < 1,
             "zero_tol": self.zero_tol >= 0,
             "max_batch_rows": self.max_batch_rows >= 1,
+            "allocation": self.allocation in ALLOCATIONS,
+            "min_rollouts": self.min_rollouts >= 2,
+            "target_width": 0 <= self.target_width <= 2,
+            "allocation_rounds": self.allocation_rounds >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -147,6 +197,8 @@ class Node:
             Known success estimates (skip the rollouts; its candidates are used as `K(u)`).
         max_new_tokens (`int`, *optional*):
             This node's own cap on targeted continuations (e.g. the trainer's remaining completion budget).
+        observed_score (`float`, *optional*):
+            The verified outcome of the rollout the node was taken from (used with `DiagnosisConfig.reuse_observed`).
     """
 
     sequence: int
@@ -156,3 +208,4 @@ class Node:
     sampled_token: int | None = None
     success: SuccessEstimate | None = None
     max_new_tokens: int | None = None
+    observed_score: float | None = None

@@ -5,6 +5,7 @@ diagnosis (targeted rollouts, directions, cosines) on all of them at once. Retur
 (node, teacher), one per rollout, and the counted reasons for anything skipped. Nothing here knows about trainers.
 """
 
+import dataclasses
 import logging
 import math
 from collections import Counter
@@ -13,9 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..engine.model_io import logits_at
+from ..engine.model_io import eos_token_ids, logits_at
 from ..engine.verifiers import reward_function_score
 from ..method.nodes import STRATEGIES, entropy, select_nodes
+from ..method.streams import derive_seed, stream
 from .diagnose import diagnose_nodes
 from .inputs import DiagnosisConfig, Node
 from .results import Diagnosis
@@ -113,9 +115,17 @@ def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list
                     "success": node.success.mean.tolist(),
                     "success_low": node.success.lower.tolist(),
                     "success_high": node.success.upper.tolist(),
-                    "targeted_per_candidate": int(node.success.scores.shape[1]),
+                    "success_counts": node.success.count.tolist(),
+                    "targeted_per_candidate": int(node.success.count.max()),
+                    "rollouts_spent": node.rollouts_spent,
                     "truncated": int(node.success.truncated.sum()),
                     "rollout_param_cos": rollout_cos.get(node.sequence, {}).get(teacher, math.nan),
+                    "param_proj": a.param_proj,
+                    "logit_proj": a.logit_proj,
+                    "ideal_norm2_param": node.ideal_norm2.get("param", math.nan),
+                    "ideal_norm2_logit": node.ideal_norm2.get("logit", math.nan),
+                    "distance": a.distance,
+                    "region_flat": node.region_flat,
                 }
             )
     return rows
@@ -142,7 +152,9 @@ def diagnose_rollouts(
         rollouts (`list[Rollout]`): The rollouts.
         teachers (`list[TeacherSource]`): The teachers, each with its loss.
         reward_func (`Callable`): TRL-style reward function verifying completions.
-        config ([`DiagnosisConfig`]): The estimator's knobs; a rollout without its own `seed` uses `config.seed + i`.
+        config ([`DiagnosisConfig`]): The estimator's knobs (not modified). A rollout without its own `seed`
+            gets one derived from `config.seed` and its index; node choice and diagnosis draw from separate streams
+            derived from the rollout's seed.
         settings ([`PassSettings`]): Node choice and correctness threshold.
         step (`int`, *optional*, defaults to `0`): Training step (or pass index) stamped on every row.
         progress (`bool`, *optional*, defaults to `False`): Show a progress bar over rollouts.
@@ -166,13 +178,14 @@ def diagnose_rollouts(
                 logger.warning("gad: the verifier raised on a rollout (skipped): %s: %s", type(err).__name__, err)
     losses = {t.name: t.loss for t in teachers}
     limit = settings.max_completion_length
-    base_seed = config.seed
+    # Targeted continuations stop where the trainer's completions stop (TRL's end-of-sequence set).
+    eos = config.eos_token_id if config.eos_token_id is not None else eos_token_ids(student, tokenizer)
     for i, (rollout, reward) in enumerate(tqdm(usable, desc=f"gad step {step}", leave=False, disable=not progress)):
         rollout_id = rollout.key or f"{step}-{i}"
-        seed = rollout.seed if rollout.seed is not None else base_seed + i
+        seed = rollout.seed if rollout.seed is not None else derive_seed(config.seed, "rollout", i)
         # Every choice on this rollout comes from its own seed, so results do not depend on the other rollouts in the
-        # pass (nor on which process diagnoses it).
-        generator = torch.Generator().manual_seed(seed)
+        # pass (nor on which process diagnoses it); node choice and the diagnosis draw from separate streams.
+        generator = stream(seed, "node_selection")
         seq = torch.tensor(rollout.prompt_ids + rollout.completion_ids)
         p, length = len(rollout.prompt_ids), len(rollout.completion_ids)
         entropies = None
@@ -189,7 +202,8 @@ def diagnose_rollouts(
         for j, t in enumerate(positions):
             score = reward_function_score(reward_func, tokenizer, rollout.prompt, rollout.completion_ids[:t], columns)
             budget = None if limit is None else max(limit - t - 1, 0)
-            nodes.append(Node(0, p + t, {n: v[j] for n, v in teacher_logits.items()}, score, max_new_tokens=budget))
+            logits = {n: v[j] for n, v in teacher_logits.items()}
+            nodes.append(Node(0, p + t, logits, score, max_new_tokens=budget, observed_score=reward))
             meta.append(
                 {
                     "rollout_id": rollout_id,
@@ -202,8 +216,8 @@ def diagnose_rollouts(
                     "token_text": tokens[t],
                 }
             )
-        config.seed = seed + 1
-        diagnosis = diagnose_nodes(student, [seq], nodes, losses, config)
+        rollout_config = dataclasses.replace(config, seed=derive_seed(seed, "diagnosis"), eos_token_id=eos)
+        diagnosis = diagnose_nodes(student, [seq], nodes, losses, rollout_config)
         result.rows += node_records(diagnosis, meta, step)
         result.rollouts.append(
             {
@@ -216,5 +230,4 @@ def diagnose_rollouts(
                 "correct": correct,
             }
         )
-    config.seed = base_seed
     return result

@@ -97,3 +97,22 @@ def logits_at(model: torch.nn.Module, input_ids: torch.Tensor, rows) -> torch.Te
         ids = torch.as_tensor(input_ids).reshape(-1)[:length].to(device).unsqueeze(0)
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=rows.to(device)).logits[0]
     return logits.float().cpu()
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer=None) -> list[int]:
+    """
+    The token ids that end a completion, by TRL's rule (`DistillationTrainer`, `GRPOTrainer`): every id of the
+    model's `generation_config.eos_token_id` (an int or a list: end-of-turn tokens of chat models) plus the
+    tokenizer's `eos_token_id`. Without a tokenizer the model config's `eos_token_id` stands in for it. Targeted
+    rollouts and our own rollouts both stop at this set, so a continuation ends where the trainer's would.
+    """
+    base = base_model(model)
+    declared = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
+    ids = [] if declared is None else [declared] if isinstance(declared, int) else list(declared)
+    own = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+    if own is None and tokenizer is None:
+        own = getattr(base.config, "eos_token_id", None)
+    for extra in [own] if isinstance(own, int) or own is None else list(own):
+        if extra is not None and extra not in ids:
+            ids = [extra, *ids]
+    return [int(i) for i in ids]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..method.directions import check_candidates
-from ..method.success import SuccessEstimate
+from ..method.success import SuccessEstimate, pad_rows
 from .kv_cache import batch_cache, prefix_caches
 from .model_io import cache_keyword, eval_mode, model_device, output_cache
 
@@ -42,6 +42,8 @@ class RolloutRequest:
         max_new_tokens (`int`, *optional*):
             This node's own limit on sampled tokens (e.g. the trainer's remaining completion budget), at most the
             batch's `max_new_tokens`.
+        counts (`torch.Tensor`, *optional*):
+            Continuations per candidate, `[K]` (adaptive allocation); `num_rollouts` each when omitted.
     """
 
     sequence: int
@@ -49,6 +51,7 @@ class RolloutRequest:
     candidates: torch.Tensor
     score: Score
     max_new_tokens: int | None = None
+    counts: torch.Tensor | None = None
 
 
 def _chunk_requests(rows_per_request, max_batch_rows):
@@ -182,10 +185,15 @@ def rollout_requests(
         )
     device = model_device(model)
     vocab = model.get_output_embeddings().weight.shape[0]
+    counts = []
     for r in requests:
         r.candidates = check_candidates(r.candidates, vocab)
         if not 1 <= r.prefix_len <= sequences[r.sequence].numel():
             raise ValueError(f"prefix_len {r.prefix_len} is outside [1, {sequences[r.sequence].numel()}].")
+        c = torch.full_like(r.candidates, num_rollouts) if r.counts is None else torch.as_tensor(r.counts).long()
+        if c.shape != r.candidates.shape or bool((c < 0).any()):
+            raise ValueError(f"counts must give a non-negative count per candidate; got {c.tolist()}.")
+        counts.append(c.cpu())
     eos_ids = torch.as_tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device).reshape(
         -1
     )
@@ -193,10 +201,14 @@ def rollout_requests(
     results: list[SuccessEstimate | None] = [None] * len(requests)
     with eval_mode(model), torch.no_grad():
         caches = prefix_caches(model, sequences, requests)
-        rows_per_request = [r.candidates.numel() * num_rollouts for r in requests]
-        for chunk in _chunk_requests(rows_per_request, max(1, max_batch_rows)):
+        active = [i for i, c in enumerate(counts) if int(c.sum()) > 0]
+        for i in set(range(len(requests))) - set(active):  # nothing to roll out (e.g. a node already decided)
+            k = requests[i].candidates.numel()
+            results[i] = SuccessEstimate(requests[i].candidates.cpu(), pad_rows([torch.zeros(0)] * k), torch.zeros(k, dtype=torch.long))
+        for chunk in _chunk_requests([int(counts[i].sum()) for i in active], max(1, max_batch_rows)):
+            chunk = [active[j] for j in chunk]
             chunk_requests = [requests[i] for i in chunk]
-            firsts = [r.candidates.to(device).repeat_interleave(num_rollouts) for r in chunk_requests]
+            firsts = [r.candidates.to(device).repeat_interleave(counts[i].to(device)) for i, r in zip(chunk, chunk_requests)]
             limit = [
                 min(max_new_tokens, r.max_new_tokens if r.max_new_tokens is not None else max_new_tokens)
                 for r in chunk_requests
@@ -221,11 +233,12 @@ def rollout_requests(
             offset, eos_set = 0, set(eos_ids.tolist())
             for i, r, first, done in zip(chunk, chunk_requests, firsts, first_done, strict=True):
                 continuations, truncated = [], torch.zeros(r.candidates.numel(), dtype=torch.long)
+                owner = torch.arange(r.candidates.numel()).repeat_interleave(counts[i]).tolist()
                 generated = 0
                 for row, (tok, is_done) in enumerate(zip(first.tolist(), done.tolist(), strict=True)):
                     if is_done:  # EOS forced, or no budget left after the forced token
                         continuations.append([tok])
-                        truncated[row // num_rollouts] += int(tok not in eos_set)
+                        truncated[owner[row]] += int(tok not in eos_set)
                         continue
                     sampled = tokens[offset]
                     offset += 1
@@ -233,9 +246,10 @@ def rollout_requests(
                     generated += len(sampled)
                     ended = bool(sampled) and sampled[-1] in eos_set
                     if not ended:
-                        truncated[row // num_rollouts] += 1
+                        truncated[owner[row]] += 1
                     continuations.append([tok] + sampled)
-                scores = _score(r, continuations).reshape(r.candidates.numel(), num_rollouts)
+                flat = _score(r, continuations) if continuations else torch.zeros(0, dtype=torch.float64)
+                scores = pad_rows(list(flat.split(counts[i].tolist())))
                 results[i] = SuccessEstimate(r.candidates.cpu(), scores, truncated, generated)
     return results
 

@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from ..diagnosis import Rollout, TeacherLoss, TeacherSource
+from ..engine.model_io import eos_token_ids
 from ..engine.rollouts import sample_completions
 
 
@@ -185,7 +186,7 @@ class GKDAdapter(TrainerAdapter):
             prompts,
             self.max_completion_length(),
             temperature=self.temperature(),
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=eos_token_ids(student, self.tokenizer),
             generator=device_gen,
         )
         return [

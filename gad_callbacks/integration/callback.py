@@ -29,6 +29,7 @@ from ..diagnosis import PassResult, TeacherSource, context_teacher, diagnose_rol
 from ..diagnosis.rollout_pass import merge_results
 from ..diagnosis.teachers import check_vocabulary
 from ..engine.verifiers import NumericAnswerReward
+from ..method.streams import derive_seed
 from ..outputs.metrics import pause_metrics
 from ..outputs.records import write_records
 from ..outputs.tensorboard import AlignmentBoard, find_tensorboard_writer
@@ -237,7 +238,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self.trainer.control = control
 
     def _seed(self, step: int) -> int:
-        return (self.config.alignment_seed * 1_000_003 + step) % (2**62)
+        return derive_seed(self.config.alignment_seed, "pause", step)
 
     def _pause(self, step: int, show_progress: bool):
         """
@@ -262,7 +263,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
                 pick = torch.randperm(len(rollouts), generator=generator)[: cfg.alignment_rollouts_per_pause]
                 rollouts = [rollouts[i] for i in sorted(pick.tolist())]
             for i, rollout in enumerate(rollouts):  # identity and seed belong to the rollout, not to the process
-                rollout.key, rollout.seed = f"{step}-{i}", self._seed(step) * 1009 + i
+                rollout.key, rollout.seed = f"{step}-{i}", derive_seed(self._seed(step), "rollout", i)
             if error is None:
                 try:
                     local = diagnose_rollouts(

@@ -1,30 +1,99 @@
-"""Aggregates over nodes: means with bootstrap intervals and counts, and paired teacher differences.
+"""Aggregates over nodes: means and pooled alignment with cluster-bootstrap intervals and counts.
 
-Every aggregate reports how many values were defined and how many were undefined (NaN), because an average over the
-nodes where a cosine happened to exist is only meaningful next to how many did not.
+Every aggregate reports how many values were defined, how many were undefined (NaN), and how many independent
+clusters its interval rests on. Nodes of one rollout (and rollouts of one question) are correlated, so intervals
+resample whole clusters; an interval resting on a single cluster is undefined (NaN), never the point `[x, x]`.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .alignment import percentile_interval
-
 
 @dataclass
 class Summary:
-    """Mean of the defined values with a bootstrap percentile interval; `n` defined values, `n_undefined` NaNs."""
+    """
+    An aggregate with its interval and counts.
+
+    Args:
+        mean (`float`):
+            The estimate (a mean of defined values, or a pooled alignment).
+        lower (`float`):
+            Lower end of the interval; NaN when it cannot be estimated (fewer than two clusters).
+        upper (`float`):
+            Upper end of the interval; NaN likewise.
+        n (`int`):
+            Defined values (nodes) the estimate uses.
+        n_undefined (`int`):
+            Undefined values (NaN) left out, counted.
+        clusters (`int`, *optional*):
+            Independent units (rollouts or questions) the interval resamples; `n` when values are independent.
+        confidence (`float`, *optional*, defaults to `0.95`):
+            Level of the interval.
+    """
 
     mean: float
     lower: float
     upper: float
     n: int
     n_undefined: int
+    clusters: int | None = None
+    confidence: float = 0.95
+
+    @property
+    def has_interval(self) -> bool:
+        return not (math.isnan(self.lower) or math.isnan(self.upper))
 
     def __str__(self) -> str:
-        if self.n == 0:
-            return f"undefined (0 nodes, {self.n_undefined} undefined)"
-        return f"{self.mean:+.3f} [{self.lower:+.3f}, {self.upper:+.3f}] (n={self.n}, undefined={self.n_undefined})"
+        if self.n == 0 or math.isnan(self.mean):
+            return f"undefined (n={self.n}, undefined={self.n_undefined})"
+        clusters = "" if self.clusters is None else f", clusters={self.clusters}"
+        if not self.has_interval:
+            return f"{self.mean:+.3f} [no interval{clusters}] (n={self.n}, undefined={self.n_undefined})"
+        level = f"{self.confidence:.0%} "
+        return (
+            f"{self.mean:+.3f} {level}[{self.lower:+.3f}, {self.upper:+.3f}] "
+            f"(n={self.n}, undefined={self.n_undefined}{clusters})"
+        )
+
+
+def percentile_interval(replicates: torch.Tensor, confidence: float = 0.95, bounds=(-math.inf, math.inf)):
+    """
+    Percentile interval of bootstrap replicates along dim 0. Undefined (NaN) replicates are not dropped: each counts
+    at the far end of both tails (`bounds`), so a statistic that is often undefined gets a wide interval, and an
+    endpoint that lands on an infinite bound is NaN (no interval) rather than a number.
+    """
+    lo_q, hi_q = (1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0
+    reps = replicates.to(torch.float64)
+    undefined = torch.isnan(reps)
+    lo = torch.quantile(torch.where(undefined, torch.full_like(reps, bounds[0]), reps), lo_q, dim=0)
+    hi = torch.quantile(torch.where(undefined, torch.full_like(reps, bounds[1]), reps), hi_q, dim=0)
+    lo = torch.where(torch.isinf(lo), torch.full_like(lo, float("nan")), lo)
+    hi = torch.where(torch.isinf(hi), torch.full_like(hi, float("nan")), hi)
+    return lo, hi
+
+
+def _cluster_ids(clusters, keep: torch.Tensor) -> torch.Tensor:
+    """Dense integer ids of the kept values' clusters (each value its own cluster when `clusters` is None)."""
+    if clusters is None:
+        return torch.arange(int(keep.sum()))
+    labels = [c for c, k in zip(clusters, keep.tolist(), strict=True) if k]
+    index: dict = {}
+    return torch.tensor([index.setdefault(c, len(index)) for c in labels], dtype=torch.long)
+
+
+def _cluster_bootstrap(columns, ids, statistic, num_bootstrap, generator):
+    """
+    Replicates of `statistic(*column_sums, weights)` with whole clusters resampled: each column is summed per
+    cluster once, then every replicate is a weighted sum over clusters (weights = how often each was drawn).
+    """
+    n_clusters = int(ids.max()) + 1
+    sums = [torch.zeros(n_clusters, dtype=torch.float64).index_add_(0, ids, c) for c in columns]
+    pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
+    weights = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
+    weights.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+    return statistic(*[weights @ s for s in sums])
 
 
 def summarize(
@@ -48,41 +117,89 @@ def summarize(
         generator (`torch.Generator`, *optional*):
             Source of randomness.
         clusters (sequence, *optional*):
-            A cluster label per value (e.g. the rollout id). Nodes of one rollout are not independent, so when given
-            the bootstrap resamples whole clusters.
+            A cluster label per value (the rollout id, or the question id when questions have several rollouts).
+            Nodes of one rollout are not independent, so when given the bootstrap resamples whole clusters. With
+            fewer than two clusters the interval is undefined.
     """
     values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     defined = ~torch.isnan(values)
     n, n_undefined = int(defined.sum()), int((~defined).sum())
+    nan = float("nan")
     if n == 0:
-        nan = float("nan")
-        return Summary(nan, nan, nan, 0, n_undefined)
+        return Summary(nan, nan, nan, 0, n_undefined, 0, confidence)
     x = values[defined]
+    ids = _cluster_ids(clusters, defined)
+    n_clusters = int(ids.max()) + 1
     mean = float(x.mean())
-    if n == 1:
-        return Summary(mean, float("nan"), float("nan"), 1, n_undefined)
-    if clusters is None:
-        idx = torch.randint(0, n, (num_bootstrap, n), generator=generator)
-        reps = x[idx].mean(1)
-    else:
-        labels = [c for c, d in zip(clusters, defined.tolist(), strict=True) if d]
-        uniq = sorted(set(labels), key=str)
-        ids = torch.tensor([uniq.index(c) for c in labels])
-        sums = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, ids, x)
-        counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, ids, torch.ones_like(x))
-        pick = torch.randint(0, len(uniq), (num_bootstrap, len(uniq)), generator=generator)
-        reps = sums[pick].sum(1) / counts[pick].sum(1)
+    if n_clusters < 2:
+        return Summary(mean, nan, nan, n, n_undefined, n_clusters, confidence)
+    reps = _cluster_bootstrap([x, torch.ones_like(x)], ids, lambda s, c: s / c, num_bootstrap, generator)
     lo, hi = percentile_interval(reps, confidence)
-    return Summary(mean, float(lo), float(hi), n, n_undefined)
+    return Summary(mean, float(lo), float(hi), n, n_undefined, n_clusters, confidence)
 
 
 def paired_difference(x, y, **kwargs) -> Summary:
     """
     `x - y` over the nodes where both are defined (teachers compared on the same nodes and the same ideal estimate);
-    nodes where either is undefined count as undefined. Keyword arguments go to [`summarize`].
+    nodes where either is undefined count as undefined. Keyword arguments go to [`summarize`] (pass `clusters` so
+    the interval resamples rollouts or questions, not nodes).
     """
     x = torch.as_tensor(x, dtype=torch.float64).reshape(-1)
     y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
     if x.shape != y.shape:
         raise ValueError(f"Paired values must have the same length, got {x.numel()} and {y.numel()}.")
     return summarize(x - y, **kwargs)
+
+
+def _pooled(proj, norm2, count):
+    # rho = sum <g_ideal, g_T/|g_T|> / sqrt(N sum |g_ideal|^2). The unbiased |g_ideal|^2 terms can sum to <= 0 when
+    # the ideal is indistinguishable from zero over the pool: the ratio is then undefined, not clipped.
+    den = count * norm2
+    return torch.where(den > 0, proj / den.clamp_min(1e-300).sqrt(), torch.full_like(proj, float("nan")))
+
+
+def pooled_ratio(
+    projections,
+    ideal_norms2,
+    *,
+    clusters=None,
+    confidence: float = 0.95,
+    num_bootstrap: int = 1000,
+    generator: torch.Generator | None = None,
+) -> Summary:
+    """
+    Pooled alignment `sum_i proj_i / sqrt(N sum_i norm2_i)` from per-node terms (see [`pooled_alignment`]), with a
+    cluster-bootstrap interval that recomputes the ratio in every replicate.
+
+    Args:
+        projections (sequence of `float`):
+            Per node `<g_ideal_hat(i), g_T(i) / ||g_T(i)||>` (unbiased); NaN where the teacher is undefined.
+        ideal_norms2 (sequence of `float`):
+            Per node an unbiased estimate of `||g_ideal(i)||^2` (it can be negative at a single node).
+        clusters (sequence, *optional*):
+            Cluster label per node (rollout or question).
+        confidence (`float`, *optional*, defaults to `0.95`):
+            Interval level.
+        num_bootstrap (`int`, *optional*, defaults to `1000`):
+            Bootstrap replicates.
+        generator (`torch.Generator`, *optional*):
+            Source of randomness.
+    """
+    proj = torch.as_tensor(projections, dtype=torch.float64).reshape(-1)
+    norm2 = torch.as_tensor(ideal_norms2, dtype=torch.float64).reshape(-1)
+    if proj.shape != norm2.shape:
+        raise ValueError(f"Got {proj.numel()} projections but {norm2.numel()} ideal norms.")
+    defined = ~(torch.isnan(proj) | torch.isnan(norm2))
+    n, n_undefined = int(defined.sum()), int((~defined).sum())
+    nan = float("nan")
+    if n == 0:
+        return Summary(nan, nan, nan, 0, n_undefined, 0, confidence)
+    proj, norm2 = proj[defined], norm2[defined]
+    ids = _cluster_ids(clusters, defined)
+    n_clusters = int(ids.max()) + 1
+    point = float(_pooled(proj.sum(), norm2.sum(), torch.tensor(float(n), dtype=torch.float64)))
+    if n_clusters < 2:
+        return Summary(point, nan, nan, n, n_undefined, n_clusters, confidence)
+    reps = _cluster_bootstrap([proj, norm2, torch.ones_like(proj)], ids, _pooled, num_bootstrap, generator)
+    lo, hi = percentile_interval(reps, confidence)
+    return Summary(point, float(lo), float(hi), n, n_undefined, n_clusters, confidence)

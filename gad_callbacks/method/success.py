@@ -40,11 +40,15 @@ class SuccessEstimate:
     """
     Targeted-rollout success estimates of the candidate tokens at one node.
 
+    Candidates may hold different numbers of scored continuations (adaptive allocation, a rollout's own outcome
+    reused as a free sample): `scores` is then padded with NaN, which every statistic here reads as "no sample".
+
     Args:
         candidates (`torch.Tensor`):
             Candidate token ids, shape `[K]`.
         scores (`torch.Tensor`):
-            Verifier score of every continuation, shape `[K, n]` (float64), row `k` for candidate `k`.
+            Verifier score of every continuation, shape `[K, n]` (float64), row `k` for candidate `k`; NaN pads rows
+            with fewer than `n` continuations.
         truncated (`torch.Tensor`):
             Per candidate, how many continuations hit `max_new_tokens` without an end-of-sequence token (they were
             scored as they stand: the verifier saw them), shape `[K]`.
@@ -61,14 +65,26 @@ class SuccessEstimate:
     confidence: float = 0.95
 
     @property
-    def mean(self) -> torch.Tensor:
-        """`S_hat_k`, shape `[K]`."""
-        return self.scores.mean(dim=1)
-
-    @property
     def count(self) -> torch.Tensor:
         """Scored continuations per candidate, shape `[K]`."""
-        return torch.full((self.scores.shape[0],), self.scores.shape[1], dtype=torch.long)
+        return (~torch.isnan(self.scores)).sum(dim=1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """`S_hat_k`, shape `[K]` (NaN for a candidate without any scored continuation)."""
+        return torch.nansum(self.scores, dim=1) / self.count.to(self.scores.dtype)
+
+    def variance(self) -> torch.Tensor:
+        """Unbiased sample variance of each candidate's scores (`n - 1` denominator), NaN below two samples."""
+        count = self.count.to(self.scores.dtype)
+        dev = torch.nan_to_num(self.scores - self.mean[:, None], nan=0.0)
+        return torch.where(count > 1, (dev * dev).sum(1) / (count - 1).clamp_min(1.0), torch.nan)
+
+    @property
+    def binary(self) -> bool:
+        """Every score lies in `[0, 1]` (a success probability; otherwise a real-valued verifier)."""
+        s = self.scores[~torch.isnan(self.scores)]
+        return bool(((s >= 0) & (s <= 1)).all())
 
     def interval(self, confidence: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -76,12 +92,11 @@ class SuccessEstimate:
         from the sample standard deviation (real-valued verifiers).
         """
         confidence = self.confidence if confidence is None else confidence
-        if bool(((self.scores >= 0) & (self.scores <= 1)).all()):
+        if self.binary:
             return wilson_interval(self.mean, self.count, confidence)
         z = normal_quantile(confidence)
-        n = self.scores.shape[1]
-        std = self.scores.std(dim=1, correction=1) if n > 1 else torch.full_like(self.mean, float("inf"))
-        half = z * std / n**0.5
+        std = torch.nan_to_num(self.variance(), nan=float("inf")).sqrt()
+        half = z * std / self.count.clamp_min(1).to(std.dtype).sqrt()
         return self.mean - half, self.mean + half
 
     @property
@@ -92,8 +107,33 @@ class SuccessEstimate:
     def upper(self) -> torch.Tensor:
         return self.interval()[1]
 
+    def extend(self, other: "SuccessEstimate") -> "SuccessEstimate":
+        """This estimate with `other`'s continuations of the same candidates appended (a further allocation round)."""
+        if not torch.equal(self.candidates, other.candidates):
+            raise ValueError("Cannot merge success estimates of different candidate sets.")
+        rows = [torch.cat([a[~torch.isnan(a)], b[~torch.isnan(b)]]) for a, b in zip(self.scores, other.scores)]
+        return SuccessEstimate(
+            self.candidates,
+            pad_rows(rows),
+            self.truncated + other.truncated,
+            self.generated_tokens + other.generated_tokens,
+            self.confidence,
+        )
+
     def resample_means(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Bootstrap replicates of `S_hat`: rollouts resampled with replacement within each candidate, `[B, K]`."""
-        k, n = self.scores.shape
-        idx = torch.randint(0, n, (num_samples, k, n), generator=generator)
-        return self.scores.unsqueeze(0).expand(num_samples, k, n).gather(2, idx).mean(dim=2)
+        out = torch.empty(num_samples, self.scores.shape[0], dtype=torch.float64)
+        for k, row in enumerate(self.scores):
+            row = row[~torch.isnan(row)].to(torch.float64)
+            idx = torch.randint(0, max(row.numel(), 1), (num_samples, row.numel()), generator=generator)
+            out[:, k] = row[idx].mean(dim=1) if row.numel() else float("nan")
+        return out
+
+
+def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Stack 1-D score rows of different lengths into `[K, max_len]` (float64), NaN-padded."""
+    width = max((r.numel() for r in rows), default=0)
+    out = torch.full((len(rows), width), float("nan"), dtype=torch.float64)
+    for k, r in enumerate(rows):
+        out[k, : r.numel()] = r.to(torch.float64)
+    return out
