@@ -54,3 +54,52 @@ def print_table(title, rows, baseline):
     print(f"{'method':<48}{'seconds':>10}{'x ' + baseline:>22}")
     for name, seconds in rows:
         print(f"{name:<48}{seconds:>10.3f}{seconds / base:>22.2f}")
+
+
+# -- tiny models whose success probabilities can be enumerated exactly (bench_calibration) ----------------------------
+def tiny_model(kind="qwen2", vocab_size=8, layers=2, seed=0, logit_scale=1.0, eos_token_id=1, dtype=torch.float64):
+    """The tests' tiny causal LM (`tests/conftest.py::tiny_model`), float64 and in eval mode by default."""
+    threads = torch.get_num_threads()  # importing the tests' conftest sets 2 threads; keep the benchmark's choice
+    from tests.conftest import tiny_model as build
+
+    torch.set_num_threads(threads)
+    model = build(kind, vocab_size, layers, seed=seed, logit_scale=logit_scale, eos_token_id=eos_token_id, dtype=dtype)
+    return model.eval()
+
+
+def lora(model, seed=0):
+    """LoRA adapters with non-zero B, as the tests build them (`tests/conftest.py::lora`)."""
+    from tests.conftest import lora as wrap
+
+    return wrap(model, seed=seed)
+
+
+def exact_success_all(model, prefix, candidates, max_new_tokens, temperature, target, eos=1):
+    """
+    `P(target = 1 | candidate forced at the node)` for every candidate, by enumerating every continuation with its
+    probability: `tests/engine/test_rollouts.py::exact_success`, with all candidates' frontiers in one batch per step.
+    """
+    prefix = list(prefix)
+    out = [0.0] * len(candidates)
+    frontier = []  # (candidate index, continuation, probability)
+    for i, c in enumerate(candidates):
+        if c == eos or max_new_tokens == 0:
+            out[i] = target([c])
+        else:
+            frontier.append((i, [c], 1.0))
+    for step in range(max_new_tokens):
+        if not frontier:
+            break
+        ids = torch.tensor([prefix + seq for _, seq, _ in frontier])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, -1].double()
+        probs = torch.softmax(logits / temperature, dim=-1).tolist()
+        new = []
+        for (i, seq, pr), row in zip(frontier, probs):
+            for tok, pt in enumerate(row):
+                if tok == eos or step == max_new_tokens - 1:
+                    out[i] += pr * pt * target(seq + [tok])
+                else:
+                    new.append((i, seq + [tok], pr * pt))
+        frontier = new
+    return out

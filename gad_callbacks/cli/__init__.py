@@ -1,13 +1,13 @@
 """Layer 6: the `gad` command line.
 
 gad diagnose [--config configs/diagnose_default.yaml] [--key value ...]
-gad report RUN_DIR
+gad report RUN_DIR [--confidence LEVEL]
 """
 
 import sys
 
 
-USAGE = "usage: gad diagnose [--config FILE.yaml] [--key value ...] | gad report RUN_DIR"
+USAGE = "usage: gad diagnose [--config FILE.yaml] [--key value ...] | gad report RUN_DIR [--confidence LEVEL]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         if command == "report":
             from .report import write_report
 
+            confidence = None
+            if len(rest) == 3 and rest[1] == "--confidence":
+                confidence = float(rest[2])
+                if not 0 < confidence < 1:
+                    raise ValueError(f"--confidence must be in (0, 1), got {rest[2]}.")
+                rest = rest[:1]
             if len(rest) != 1:
                 print(USAGE, file=sys.stderr)
                 return 2
-            write_report(rest[0])
+            # The level defaults to the run's own (run.json of `gad diagnose`), else 0.95.
+            write_report(rest[0], confidence=confidence)
             return 0
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"gad: error: {err}", file=sys.stderr)

@@ -188,5 +188,7 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
             default=str,
         )
     )
-    write_report(out, confidence=gad.alignment_confidence)
+    # The same level and seed as the metrics above, so the printed table, report.html and TensorBoard agree (and a
+    # later `gad report` repeats them: it reads both from run.json).
+    write_report(out, confidence=gad.alignment_confidence, seed=args.run_seed)
     return out

@@ -156,7 +156,9 @@ def _rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_g
                     cot[1 + t, r] = prepared[i]["directions"][name]
             positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
             length = max(nodes[i].prefix_len for i in idxs)
-            gram = parameter_gram(model, sequences[seq][:length], positions, cot, config.params, sketch_dim=config.sketch_dim)
+            gram = parameter_gram(
+                model, sequences[seq][:length], positions, cot, config.params, sketch_dim=config.sketch_dim
+            )
             cos = span_cosines(gram, torch.eye(1 + m)[:1], torch.eye(1 + m)[1:])[0]
         out.append(RolloutAlignment(seq, len(idxs), {n: float(c) for n, c in zip(names, cos, strict=True)}))
     return out
@@ -218,18 +220,33 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
             prep = prepared[i]
             spent = int(prep["success"].count.sum())
             left = budgets[i] - spent
-            if left <= 0 or _narrow_enough(prep, config):
+            if left <= 0 or _settled(prep, config):
                 continue
-            batch[i] = neyman_counts(prep["gram"], prep["p_k"], prep["success"], math.ceil(left / (config.allocation_rounds - r)))
+            batch[i] = neyman_counts(
+                prep["gram"], prep["p_k"], prep["success"], math.ceil(left / (config.allocation_rounds - r))
+            )
         if not batch:
             break
         run(batch)
 
 
-def _narrow_enough(prep, config) -> bool:
-    """Whether every teacher's parameter-space interval at the node is already at most `target_width` wide."""
+def _settled(prep, config) -> bool:
+    """
+    Whether a node needs no more rollouts: every continuation so far ended the same way (all verified right, or
+    all wrong: most likely nothing to learn there, and more rollouts would only resolve tiny differences), or every
+    teacher's parameter-space interval is already at most `target_width` wide.
+    """
+    scores = prep["success"].scores
+    observed = scores[~torch.isnan(scores)]
+    if observed.numel() and bool((observed == observed[0]).all()):
+        return True
     lo, hi = cosine_intervals(
-        prep["gram"], prep["p_k"], prep["success"], config.confidence, num_points=64, rounds=2,
+        prep["gram"],
+        prep["p_k"],
+        prep["success"],
+        config.confidence,
+        num_points=64,
+        rounds=2,
         generator=stream(config.seed, "allocation", int(prep["success"].count.sum())),
     )
     width = hi - lo
@@ -375,7 +392,11 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
         proj[space] = teacher_projections(g, a_k)
         if config.num_bootstrap > 0 and bool((count > 0).all()):
             ci[space] = cosine_intervals(
-                g, p_k, success, config.confidence, num_points=config.num_bootstrap,
+                g,
+                p_k,
+                success,
+                config.confidence,
+                num_points=config.num_bootstrap,
                 generator=stream(config.seed, "intervals", node.sequence, node.prefix_len, space),
             )
         else:

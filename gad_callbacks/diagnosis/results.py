@@ -74,3 +74,79 @@ class RolloutAlignment:
 class Diagnosis:
     nodes: list[NodeDiagnosis]
     rollouts: list[RolloutAlignment]
+
+
+def _nan() -> float:
+    return float("nan")
+
+
+@dataclass(kw_only=True)
+class NodeRecord:
+    """
+    One row of the records: one (node, teacher) pair, flat, with everything needed to recompute every logged
+    aggregate with its uncertainty. This dataclass is the one definition of the row: the parquet schema is derived
+    from it (`outputs/records.py`), readers fill fields missing from older files with its defaults, and every aggregate
+    reads rows through its field names.
+
+    Where the node sits: `step` (training step or pass index), `rollout_id` (unique within a step), `question_id`
+    (the dataset row, shared by every rollout of one question; `None` when unknown), `reward` / `correct` (the
+    rollout's verdict), `position` (index in the completion), `completion_length`, `rel_position`
+    (`position / (completion_length - 1)`), `token` / `token_text` (the sampled token there).
+
+    Per teacher: `param_cos` / `logit_cos` (node cosine with the estimated ideal, NaN when undefined; attenuated
+    toward 0 by rollout noise), their profile-likelihood intervals `*_ci_low` / `*_ci_high` (NaN when disabled),
+    `restricted_cos`, `outside_share`, `advantage`, `undefined` (why the teacher is undefined here, `""` if it is
+    not), `rollout_param_cos` (rollout-level cosine of the node's rollout), `param_proj` / `logit_proj` (unbiased
+    numerator terms of pooled alignment; NaN where the teacher is undefined, 0 at a flat-success node), `distance`
+    (teacher-student total variation under the loss).
+
+    Per node (the same in every teacher's row): `value` (V(node)), `candidates` / `success` / `success_low` /
+    `success_high` / `success_counts` (per candidate: token id, success estimate, its interval, continuations
+    scored), `targeted_per_candidate` (the most continuations any candidate got), `rollouts_spent` (targeted
+    continuations decoded here), `truncated` (continuations that hit the length budget), `ideal_norm2_param` /
+    `ideal_norm2_logit` (unbiased `||g_ideal||^2`, the denominator terms of pooled alignment; may be negative at one
+    node), `region_flat` (whether the success rates' likelihood region holds a flat ideal).
+    """
+
+    step: int
+    rollout_id: str
+    question_id: int | None = None
+    reward: float = field(default_factory=_nan)
+    correct: bool = False
+    position: int
+    completion_length: int = 0
+    rel_position: float = field(default_factory=_nan)
+    token_text: str = ""
+    teacher: str
+    param_cos: float = field(default_factory=_nan)
+    param_ci_low: float = field(default_factory=_nan)
+    param_ci_high: float = field(default_factory=_nan)
+    logit_cos: float = field(default_factory=_nan)
+    logit_ci_low: float = field(default_factory=_nan)
+    logit_ci_high: float = field(default_factory=_nan)
+    restricted_cos: float = field(default_factory=_nan)
+    outside_share: float = field(default_factory=_nan)
+    advantage: float = field(default_factory=_nan)
+    undefined: str = ""
+    value: float = field(default_factory=_nan)
+    token: int | None = None
+    candidates: list[int] = field(default_factory=list)
+    success: list[float] = field(default_factory=list)
+    success_low: list[float] = field(default_factory=list)
+    success_high: list[float] = field(default_factory=list)
+    success_counts: list[int] = field(default_factory=list)
+    targeted_per_candidate: int = 0
+    rollouts_spent: int = 0
+    truncated: int = 0
+    rollout_param_cos: float = field(default_factory=_nan)
+    param_proj: float = field(default_factory=_nan)
+    logit_proj: float = field(default_factory=_nan)
+    ideal_norm2_param: float = field(default_factory=_nan)
+    ideal_norm2_logit: float = field(default_factory=_nan)
+    distance: float = field(default_factory=_nan)
+    region_flat: bool = False
+
+    @property
+    def node(self) -> tuple:
+        """The node's identity, shared by every teacher's row at it."""
+        return (self.step, self.rollout_id, self.position)

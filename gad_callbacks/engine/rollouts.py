@@ -204,11 +204,15 @@ def rollout_requests(
         active = [i for i, c in enumerate(counts) if int(c.sum()) > 0]
         for i in set(range(len(requests))) - set(active):  # nothing to roll out (e.g. a node already decided)
             k = requests[i].candidates.numel()
-            results[i] = SuccessEstimate(requests[i].candidates.cpu(), pad_rows([torch.zeros(0)] * k), torch.zeros(k, dtype=torch.long))
+            results[i] = SuccessEstimate(
+                requests[i].candidates.cpu(), pad_rows([torch.zeros(0)] * k), torch.zeros(k, dtype=torch.long)
+            )
         for chunk in _chunk_requests([int(counts[i].sum()) for i in active], max(1, max_batch_rows)):
             chunk = [active[j] for j in chunk]
             chunk_requests = [requests[i] for i in chunk]
-            firsts = [r.candidates.to(device).repeat_interleave(counts[i].to(device)) for i, r in zip(chunk, chunk_requests)]
+            firsts = [
+                r.candidates.to(device).repeat_interleave(counts[i].to(device)) for i, r in zip(chunk, chunk_requests)
+            ]
             limit = [
                 min(max_new_tokens, r.max_new_tokens if r.max_new_tokens is not None else max_new_tokens)
                 for r in chunk_requests

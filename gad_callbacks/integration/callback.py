@@ -309,19 +309,25 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
                 writer, [t.name for t in self.teachers], write_scalars=own, histograms=self.config.alignment_histograms
             )
         self._board.log(state.global_step, finite, result.rows)
-        parts = []
-        for t in self.teachers:
-            key = f"gad/alignment/{t.name}"
+
+        def estimate(key: str, what: str) -> str:
             if key not in finite:
-                parts.append(f"{t.name} undefined")
-                continue
-            interval = ""
-            if f"{key}/ci_low" in finite and f"{key}/ci_high" in finite:
-                interval = f" [{finite[key + '/ci_low']:+.3f}, {finite[key + '/ci_high']:+.3f}]"
-            parts.append(f"{t.name} {finite[key]:+.3f}{interval} n={int(finite.get(key + '/nodes', 0))}")
+                return f"{what} undefined"
+            low, high = finite.get(f"{key}/ci_low"), finite.get(f"{key}/ci_high")
+            interval = " [no interval]" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
+            return f"{what} {finite[key]:+.3f}{interval} n={int(finite.get(key + '/nodes', 0))}"
+
+        # Both numbers, pooled first: the pooled alignment is the noise-debiased one to compare teachers by, the
+        # mean of node cosines is biased toward 0 by rollout noise.
+        parts = [
+            f"{t.name}: {estimate(f'gad/pooled/{t.name}', 'pooled')}, {estimate(f'gad/alignment/{t.name}', 'mean')}"
+            for t in self.teachers
+        ]
+        level = f"{self.config.alignment_confidence * 100:g}%"
         tqdm.write(
-            f"gad step {state.global_step}: {int(finite.get('gad/nodes', 0))} nodes, {int(finite.get('gad/rollouts', 0))} rollouts, "
-            f"{finite['gad/seconds']:.1f}s | " + " | ".join(parts)
+            f"gad step {state.global_step}: {int(finite.get('gad/nodes', 0))} nodes, "
+            f"{int(finite.get('gad/rollouts', 0))} rollouts, {int(finite.get('gad/rollouts_spent', 0))} targeted "
+            f"continuations, {finite['gad/seconds']:.1f}s | {level} intervals | " + " | ".join(parts)
         )
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -28,7 +28,20 @@ class GradientAlignmentConfig:
             would come out undefined; averages are then entropy-weighted), `"uniform"` (the plain per-token average,
             mostly undefined nodes on a confident student) or `"depth_windows"`.
         alignment_targeted_rollouts (`int`, *optional*, defaults to `8`):
-            Targeted rollouts per candidate token.
+            Targeted rollouts per candidate token (uniform allocation), or the per-candidate budget a node may spend
+            at most (adaptive allocation).
+        alignment_allocation (`str`, *optional*, defaults to `"adaptive"`):
+            `"adaptive"`: `alignment_min_rollouts` per candidate first, then rounds spent where they shrink the noise
+            of the ideal most, stopping a node once its intervals are narrower than `alignment_target_width`;
+            `"uniform"`: `alignment_targeted_rollouts` per candidate.
+        alignment_min_rollouts (`int`, *optional*, defaults to `4`):
+            First-round targeted rollouts per candidate under adaptive allocation (>= 2).
+        alignment_target_width (`float`, *optional*, defaults to `0.5`):
+            Adaptive allocation stops a node once every teacher's parameter-space interval is at most this wide.
+        alignment_reuse_rollout_outcome (`bool`, *optional*, defaults to `False`):
+            Count the rollout's own verified outcome as one more sample of the sampled token. Off by default: node
+            selection looks at the rest of the rollout (its length, its entropies), so that outcome is not an
+            unbiased draw.
         alignment_max_new_tokens (`int`, *optional*):
             Longest targeted continuation; defaults to the trainer's completion length.
         alignment_candidate_mass (`float`, *optional*, defaults to `0.95`):
@@ -45,7 +58,8 @@ class GradientAlignmentConfig:
         alignment_sketch_dim (`int`, *optional*):
             CountSketch dimension replacing exact inner products.
         alignment_num_bootstrap (`int`, *optional*, defaults to `200`):
-            Bootstrap replicates for per-node intervals.
+            Likelihood-boundary points searched per node for its profile-likelihood interval (name kept from the
+            bootstrap it replaced); 0 turns per-node intervals off.
         alignment_confidence (`float`, *optional*, defaults to `0.95`):
             Level of every interval.
         alignment_correct_threshold (`float`, *optional*, defaults to `0.5`):
@@ -77,6 +91,16 @@ class GradientAlignmentConfig:
         default="entropy", metadata={"help": "Node selection: 'entropy', 'uniform' or 'depth_windows'."}
     )
     alignment_targeted_rollouts: int = field(default=8, metadata={"help": "Targeted rollouts per candidate token."})
+    alignment_allocation: str = field(default="adaptive", metadata={"help": "'adaptive' or 'uniform'."})
+    alignment_min_rollouts: int = field(
+        default=4, metadata={"help": "First-round rollouts per candidate (adaptive allocation)."}
+    )
+    alignment_target_width: float = field(
+        default=0.5, metadata={"help": "Adaptive allocation stops a node at this interval width."}
+    )
+    alignment_reuse_rollout_outcome: bool = field(
+        default=False, metadata={"help": "Count the rollout's own outcome as a sample of its sampled token."}
+    )
     alignment_max_new_tokens: int | None = field(
         default=None, metadata={"help": "Longest targeted continuation (default: the trainer's completion length)."}
     )
@@ -88,7 +112,9 @@ class GradientAlignmentConfig:
     )
     alignment_max_vectors: int = field(default=64, metadata={"help": "Parameter-space vectors per backward pass."})
     alignment_sketch_dim: int | None = field(default=None, metadata={"help": "CountSketch dimension (optional)."})
-    alignment_num_bootstrap: int = field(default=200, metadata={"help": "Bootstrap replicates per node."})
+    alignment_num_bootstrap: int = field(
+        default=200, metadata={"help": "Likelihood-boundary points per node interval (0: no per-node interval)."}
+    )
     alignment_confidence: float = field(default=0.95, metadata={"help": "Level of every interval."})
     alignment_correct_threshold: float = field(
         default=0.5, metadata={"help": "Reward at or above which a rollout is correct."}
@@ -149,4 +175,8 @@ class GradientAlignmentConfig:
             num_bootstrap=self.alignment_num_bootstrap,
             confidence=self.alignment_confidence,
             seed=self.alignment_seed,
+            allocation=self.alignment_allocation,
+            min_rollouts=self.alignment_min_rollouts,
+            target_width=self.alignment_target_width,
+            reuse_observed=self.alignment_reuse_rollout_outcome,
         )

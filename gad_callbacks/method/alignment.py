@@ -19,6 +19,8 @@ An undefined cosine (a zero vector on either side) is NaN, never 0: callers coun
 
 import torch
 
+from .stats import percentile_interval  # noqa: F401  (moved to stats.py; kept importable from here)
+
 
 def cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Cosine of two vectors (float64); NaN when either is exactly zero."""
@@ -128,7 +130,13 @@ def ideal_norm2(gram: torch.Tensor, p_k: torch.Tensor, mean: torch.Tensor, varia
     per_candidate = q.diagonal() * variance.to(torch.float64) / torch.as_tensor(count, dtype=torch.float64)
     # A candidate that cannot move the ideal (Q_kk = 0) needs no variance estimate.
     noise = torch.where(q.diagonal() == 0, torch.zeros_like(per_candidate), per_candidate).sum()
-    return float(a @ g_kk @ a - noise)
+    signal = a @ g_kk @ a
+    # The two terms can cancel exactly in exact arithmetic (one success among one candidate's rollouts, nothing
+    # elsewhere: the unbiased estimate is 0); a rounding leftover of 1e-15 would then make a pool of such nodes
+    # explode into a ratio of rounding errors.
+    if abs(float(signal - noise)) <= 1e-9 * max(float(signal), float(noise)):
+        return 0.0
+    return float(signal - noise)
 
 
 def logit_gram(candidates: torch.Tensor, directions: list[torch.Tensor]) -> torch.Tensor:

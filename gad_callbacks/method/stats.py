@@ -151,11 +151,13 @@ def paired_difference(x, y, **kwargs) -> Summary:
     return summarize(x - y, **kwargs)
 
 
-def _pooled(proj, norm2, count):
-    # rho = sum <g_ideal, g_T/|g_T|> / sqrt(N sum |g_ideal|^2). The unbiased |g_ideal|^2 terms can sum to <= 0 when
-    # the ideal is indistinguishable from zero over the pool: the ratio is then undefined, not clipped.
+def _pooled(proj, norm2, count, scale):
+    # rho = sum <g_ideal, g_T/|g_T|> / sqrt(N sum |g_ideal|^2). The unbiased |g_ideal|^2 terms can sum to <= 0 (or to
+    # a sliver of the size of the terms themselves) when the ideal is indistinguishable from zero over the pool: the
+    # ratio is then undefined, not clipped and not a ratio of rounding errors. `scale` is the sum of |terms|.
     den = count * norm2
-    return torch.where(den > 0, proj / den.clamp_min(1e-300).sqrt(), torch.full_like(proj, float("nan")))
+    ok = norm2 > 1e-9 * scale
+    return torch.where(ok, proj / den.clamp_min(1e-300).sqrt(), torch.full_like(proj, float("nan")))
 
 
 def pooled_ratio(
@@ -197,9 +199,10 @@ def pooled_ratio(
     proj, norm2 = proj[defined], norm2[defined]
     ids = _cluster_ids(clusters, defined)
     n_clusters = int(ids.max()) + 1
-    point = float(_pooled(proj.sum(), norm2.sum(), torch.tensor(float(n), dtype=torch.float64)))
+    point = float(_pooled(proj.sum(), norm2.sum(), torch.tensor(float(n), dtype=torch.float64), norm2.abs().sum()))
     if n_clusters < 2:
         return Summary(point, nan, nan, n, n_undefined, n_clusters, confidence)
-    reps = _cluster_bootstrap([proj, norm2, torch.ones_like(proj)], ids, _pooled, num_bootstrap, generator)
+    columns = [proj, norm2, torch.ones_like(proj), norm2.abs()]
+    reps = _cluster_bootstrap(columns, ids, _pooled, num_bootstrap, generator)
     lo, hi = percentile_interval(reps, confidence)
     return Summary(point, float(lo), float(hi), n, n_undefined, n_clusters, confidence)

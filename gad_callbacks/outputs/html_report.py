@@ -10,7 +10,10 @@ import html
 import json
 import math
 
-from .summary import TeacherSummary
+from ..method.stats import Summary
+from .aggregate import RunAggregate, confidence_label
+from .records import to_node_records
+from .summary import format_summary, legend
 
 
 def _clean(value):
@@ -22,11 +25,11 @@ def _clean(value):
     return value
 
 
-def _bar_chart(title: str, groups: list[str], series: dict[str, list], width: int = 600) -> str:
-    """Grouped bars with interval whiskers on [-1, 1]; `series[name][g] = (mean, low, high, n)`."""
+def _bar_chart(title: str, groups: list[str], series: dict[str, list[Summary]], width: int = 600) -> str:
+    """Grouped bars with interval whiskers on [-1, 1]; `series[name][g]` is group `g`'s [`Summary`]."""
     height, pad, names, legend_w = 220, 40, list(series), 120
     colors = ["#3b6fb6", "#d9822b", "#5aa469", "#8e5ea2", "#c44e52", "#777777"]
-    y = lambda v: pad + (1 - (v + 1) / 2) * (height - 2 * pad)  # noqa: E731
+    y = lambda v: pad + (1 - (max(min(v, 1.5), -1.5) + 1) / 2) * (height - 2 * pad)  # noqa: E731
     right = width - legend_w  # the plot ends here; the legend sits to its right, clear of the bars
     group_w = (right - pad) / max(len(groups), 1)
     bar_w = group_w * 0.8 / max(len(names), 1)
@@ -38,27 +41,24 @@ def _bar_chart(title: str, groups: list[str], series: dict[str, list], width: in
     for gi, group in enumerate(groups):
         x0 = pad + gi * group_w + group_w * 0.1
         parts.append(
-            f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - pad + 16}" class="tick" text-anchor="middle">{html.escape(group)}</text>'
+            f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - pad + 16}" class="tick" text-anchor="middle">'
+            f"{html.escape(group)}</text>"
         )
         for si, name in enumerate(names):
-            mean, low, high, n = series[name][gi]
+            s = series[name][gi]
             x = x0 + si * bar_w
-            if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+            if s.n == 0 or math.isnan(s.mean):
                 continue
-            top, zero = y(max(mean, 0)), y(min(mean, 0))
-            label = (
-                f"{name} / {group}: {mean:+.3f} [{low:+.3f}, {high:+.3f}] n={n}"
-                if low == low
-                else f"{name} / {group}: {mean:+.3f} n={n}"
-            )
+            top, zero = y(max(s.mean, 0)), y(min(s.mean, 0))
+            label = f"{name} / {group}: {format_summary(s)}"
             parts.append(
                 f'<rect x="{x:.1f}" y="{top:.1f}" width="{bar_w * 0.9:.1f}" height="{max(zero - top, 1):.1f}" '
                 f'fill="{colors[si % len(colors)]}"><title>{html.escape(label)}</title></rect>'
             )
-            if low == low and high == high:
+            if s.has_interval:  # no whisker at all rather than a zero-length one: "no interval" is not [x, x]
                 cx = x + bar_w * 0.45
                 parts.append(
-                    f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(high):.1f}" y2="{y(low):.1f}" class="whisker"/>'
+                    f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(s.upper):.1f}" y2="{y(s.lower):.1f}" class="whisker"/>'
                 )
     for si, name in enumerate(names):
         parts.append(
@@ -69,39 +69,56 @@ def _bar_chart(title: str, groups: list[str], series: dict[str, list], width: in
     return "".join(parts)
 
 
-def _summary_rows(summaries: list[TeacherSummary]) -> str:
-    def cell(s):
-        if s.n == 0:
-            return f"undefined (undef={s.n_undefined})"
-        return f"{s.mean:+.3f} [{s.lower:+.3f}, {s.upper:+.3f}] n={s.n}" if s.n > 1 else f"{s.mean:+.3f} n=1"
+def _cell(s: Summary | None, extra: str = "") -> str:
+    """The estimate and interval on one line, the counts below; the whole table cell text as its tooltip."""
+    if s is None:
+        return f"<td{extra}></td>"
+    text = format_summary(s)
+    head, _, counts = text.partition(" n=")
+    return f'<td{extra} title="{html.escape(text)}">{html.escape(head)}<br><small>n={html.escape(counts)}</small></td>'
 
-    out = []
-    for s in summaries:
-        vs = "" if s.vs_first is None else cell(s.vs_first)
+
+def _summary_table(run: RunAggregate) -> str:
+    """Like the terminal table: a column per view, two lines per teacher (pooled, then mean of node cosines)."""
+    first = html.escape(run.teachers[0].teacher) if run.teachers else ""
+    head = (
+        "<tr><th>teacher</th><th></th><th>all nodes (param)</th><th>incorrect rollouts</th><th>correct rollouts</th>"
+        f"<th>logit space</th><th>vs {first} (paired)</th><th>share &gt; 0</th><th>teacher advantage</th></tr>"
+    )
+    out = [head]
+    for t in run.teachers:
+        name = html.escape(t.teacher)
+        pooled = [t.pooled, t.pooled_incorrect, t.pooled_correct, t.pooled_logit, t.vs_first_pooled]
+        mean = [t.overall, t.incorrect, t.correct, t.logit, t.vs_first]
         out.append(
-            f"<tr><td>{html.escape(s.teacher)}</td><td>{cell(s.overall)}</td><td>{cell(s.incorrect)}</td>"
-            f"<td>{cell(s.correct)}</td><td>{cell(s.logit)}</td><td>{s.positive_frac:.2f}</td>"
-            f"<td>{s.overall.n_undefined}</td><td>{s.advantage:+.3f}</td><td>{vs}</td></tr>"
+            f'<tr data-teacher="{name}"><td rowspan="2">{name}</td><td>pooled</td>'
+            + "".join(_cell(c) for c in pooled)
+            + f'<td rowspan="2">{"-" if math.isnan(t.positive_frac) else f"{t.positive_frac:.2f}"}</td>{_cell(t.advantage, " rowspan=2")}</tr>'
         )
-    return "\n".join(out)
+        out.append("<tr><td>mean</td>" + "".join(_cell(c) for c in mean) + "</tr>")
+    return '<table id="summary">' + "\n".join(out) + "</table>"
 
 
-def _position_series(rows, teachers, buckets):
-    from ..method.stats import summarize
-
-    series = {}
-    for t in teachers:
-        vals = []
-        for lo, hi in buckets:
-            part = [
-                r["param_cos"]
-                for r in rows
-                if r["teacher"] == t and (lo <= r["rel_position"] < hi or (hi == 1.0 and r["rel_position"] == 1.0))
-            ]
-            s = summarize(part)
-            vals.append((s.mean, s.lower, s.upper, s.n))
-        series[t] = vals
-    return series
+def _question_table(run: RunAggregate) -> str:
+    """Per question: the student's pass rate over its diagnosed rollouts, then each teacher's mean node cosine."""
+    questions: dict = {}
+    for t in run.teachers:
+        for q in t.questions:
+            questions.setdefault(q.question_id, {"q": q})[t.teacher] = q
+    if not questions:
+        return "<p>No per-question aggregates (no question ids in the records).</p>"
+    head = "<tr><th>question</th><th>student pass rate</th>" + "".join(
+        f"<th>{html.escape(t.teacher)}</th>" for t in run.teachers
+    )
+    out = [head + "</tr>"]
+    for qid, by_teacher in questions.items():
+        q = by_teacher["q"]
+        row = f"<tr><td>{html.escape(str(qid))}</td><td>{q.pass_rate:.2f} ({q.correct}/{q.rollouts})</td>"
+        for t in run.teachers:
+            mine = by_teacher.get(t.teacher)
+            row += _cell(mine.mean if mine else None)
+        out.append(row + "</tr>")
+    return '<table id="questions">' + "\n".join(out) + "</table>"
 
 
 _SCRIPT = r"""
@@ -124,13 +141,14 @@ function render() {
     span.style.background = bg || 'transparent';
     if (!rec) { span.dataset.tip = 'not diagnosed for ' + teacher; return; }
     const cands = rec.candidates.map(function (t, i) {
-      return t + ': S=' + (rec.success[i] === null ? '?' : rec.success[i].toFixed(2));
+      const n = rec.success_counts && rec.success_counts[i] !== undefined ? ' (n=' + rec.success_counts[i] + ')' : '';
+      return t + ': S=' + (rec.success[i] === null ? '?' : rec.success[i].toFixed(2)) + n;
     }).join(', ');
     span.dataset.tip = teacher + '\nalignment (param) ' + fmt(rec.param_cos) + ' [' + fmt(rec.param_ci_low) + ', ' + fmt(rec.param_ci_high) + ']'
       + '\nalignment (logit) ' + fmt(rec.logit_cos) + ' [' + fmt(rec.logit_ci_low) + ', ' + fmt(rec.logit_ci_high) + ']'
       + '\nteacher advantage ' + fmt(rec.advantage) + '\nV(node) ' + fmt(rec.value)
       + (rec.undefined ? '\nundefined: ' + rec.undefined : '')
-      + '\ncandidates (token id: success) ' + cands + '\n' + rec.targeted_per_candidate + ' targeted rollouts per candidate';
+      + '\ncandidates (token id: success) ' + cands + '\n' + rec.rollouts_spent + ' targeted continuations decoded here';
   });
 }
 const tip = document.getElementById('tooltip');
@@ -151,6 +169,7 @@ document.body.dataset.rendered = 'yes';
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
 table { border-collapse: collapse; margin: 12px 0; } td, th { border: 1px solid #ccc; padding: 4px 8px; font-size: 13px; }
+td { white-space: nowrap; } small { color: #666; }
 th { background: #f3f3f3; } .chart-title { font-size: 13px; font-weight: 600; } .tick { font-size: 11px; fill: #555; }
 .grid { stroke: #e3e3e3; } .whisker { stroke: #222; stroke-width: 1.5; }
 .rollout { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; margin: 10px 0; }
@@ -162,47 +181,60 @@ span.node { border-radius: 3px; cursor: help; padding: 1px 0; } span.node.undef 
 """
 
 
-def render_html(
-    rows: list[dict], rollouts: list[dict], summaries: list[TeacherSummary], title: str = "gad report"
-) -> str:
-    """The whole report as one HTML string."""
-    teachers = [s.teacher for s in summaries]
+# The record fields the tooltip shows (NodeRecord names; the page's script reads them by the same names).
+_TOOLTIP_FIELDS = (
+    "param_cos",
+    "param_ci_low",
+    "param_ci_high",
+    "logit_cos",
+    "logit_ci_low",
+    "logit_ci_high",
+    "advantage",
+    "value",
+    "undefined",
+    "candidates",
+    "success",
+    "success_counts",
+    "rollouts_spent",
+)
+
+
+def render_html(rows: list, rollouts: list[dict], run: RunAggregate, title: str = "gad report") -> str:
+    """
+    The whole report as one HTML string.
+
+    Args:
+        rows (`list[dict]` or `list[NodeRecord]`): The node records the aggregate was computed from.
+        rollouts (`list[dict]`): Rollout rows (tokens, verdicts) for the per-rollout views.
+        run ([`RunAggregate`]): The aggregates ([`aggregate`]); every number in the summary, the charts and the
+            per-question table is read from it.
+        title (`str`, *optional*, defaults to `"gad report"`): Page title.
+    """
+    records = to_node_records(rows)
+    teachers = [t.teacher for t in run.teachers]
     nodes: dict[str, dict] = {}
-    keep = (
-        "param_cos",
-        "param_ci_low",
-        "param_ci_high",
-        "logit_cos",
-        "logit_ci_low",
-        "logit_ci_high",
-        "advantage",
-        "value",
-        "undefined",
-        "candidates",
-        "success",
-        "targeted_per_candidate",
-    )
-    for r in rows:
-        key = f"{r['step']}|{r['rollout_id']}|{r['position']}"
-        nodes.setdefault(key, {})[r["teacher"]] = {k: _clean(r[k]) for k in keep}
+    for r in records:
+        key = f"{r.step}|{r.rollout_id}|{r.position}"
+        nodes.setdefault(key, {})[r.teacher] = {k: _clean(getattr(r, k)) for k in _TOOLTIP_FIELDS}
     data = json.dumps({"teachers": teachers, "nodes": nodes}).replace("</", "<\\/")
-    correct_series = {
-        s.teacher: [
-            (s.incorrect.mean, s.incorrect.lower, s.incorrect.upper, s.incorrect.n),
-            (s.correct.mean, s.correct.lower, s.correct.upper, s.correct.n),
-            (s.overall.mean, s.overall.lower, s.overall.upper, s.overall.n),
-        ]
-        for s in summaries
-    }
-    buckets = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
-    charts = _bar_chart("alignment by rollout outcome", ["incorrect", "correct", "all"], correct_series)
+    outcomes = ["incorrect", "correct", "all"]
+    charts = _bar_chart(
+        "pooled alignment by rollout outcome",
+        outcomes,
+        {t.teacher: [t.pooled_incorrect, t.pooled_correct, t.pooled] for t in run.teachers},
+    )
     charts += _bar_chart(
-        "alignment by relative position",
+        "mean of node cosines by rollout outcome",
+        outcomes,
+        {t.teacher: [t.incorrect, t.correct, t.overall] for t in run.teachers},
+    )
+    charts += _bar_chart(
+        "mean of node cosines by relative position",
         ["0-25%", "25-50%", "50-75%", "75-100%"],
-        _position_series(rows, teachers, buckets),
+        {t.teacher: list(t.positions.values()) for t in run.teachers},
     )
     views = []
-    diagnosed = {(r["step"], r["rollout_id"], r["position"]) for r in rows}
+    diagnosed = {r.node for r in records}
     for ro in rollouts:
         spans = []
         for pos, tok in enumerate(ro["completion_tokens"]):
@@ -213,11 +245,13 @@ def render_html(
                 spans.append(text)
         verdict = '<span class="ok">correct</span>' if ro["correct"] else '<span class="bad">incorrect</span>'
         views.append(
-            f'<div class="rollout"><div class="prompt">step {ro["step"]} · rollout {html.escape(str(ro["rollout_id"]))} · '
-            f"question {ro['question_id']} · {verdict} (reward {ro['reward']:.2f}) — {html.escape(ro['prompt_text'])}</div>"
+            f'<div class="rollout"><div class="prompt">step {ro["step"]} · rollout {html.escape(str(ro["rollout_id"]))}'
+            f" · question {ro['question_id']} · {verdict} (reward {ro['reward']:.2f}) — "
+            f"{html.escape(ro['prompt_text'])}</div>"
             f'<div class="tokens">{"".join(spans)}</div></div>'
         )
     options = "".join(f'<option value="{html.escape(t)}">{html.escape(t)}</option>' for t in teachers)
+    level = confidence_label(run.confidence)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body>
@@ -226,12 +260,15 @@ def render_html(
 rollouts, per node. Positive: the teacher pushes the student toward what raises its chance of success.</p>
 <div id="errors"></div>
 <h2>Summary</h2>
-<table><tr><th>teacher</th><th>alignment (param space)</th><th>incorrect rollouts</th><th>correct rollouts</th>
-<th>logit space</th><th>share &gt; 0</th><th>undefined</th><th>teacher advantage</th><th>vs {html.escape(teachers[0]) if teachers else ""} (paired)</th></tr>
-{_summary_rows(summaries)}
-</table>
-<p>Intervals: 95% bootstrap over rollouts; n: nodes where the cosine is defined.</p>
+<p>{run.rollouts} rollouts diagnosed, {run.correct} correct; {run.nodes} nodes, {run.rollouts_spent} targeted
+continuations decoded. Intervals: {level} bootstrap over {run.cluster_unit}s.</p>
+{_summary_table(run)}
+<p class="legend">{html.escape(legend(run))}</p>
 {charts}
+<h2>Per question</h2>
+<p>Mean of node cosines (parameter space) per question; the pass rate is over the question's diagnosed rollouts,
+and intervals ({level}) resample those rollouts.</p>
+{_question_table(run)}
 <h2>Rollouts</h2>
 <p>Teacher: <select id="teacher">{options}</select> — hover a highlighted token for its numbers.</p>
 {"".join(views)}

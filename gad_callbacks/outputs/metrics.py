@@ -1,70 +1,107 @@
 """Scalar metrics of a pause, from its records: per teacher, with intervals and counts.
 
-Means are over defined nodes; every mean comes with its node count and, for the headline alignment, a bootstrap
-interval that resamples whole rollouts (nodes of one rollout are correlated). Metric keys are `gad/...`, which the
-Trainer's TensorBoard callback shows as `train/gad/...`.
+Every number is read from the one aggregator ([`aggregate`]), so TensorBoard, the terminal table and the HTML report
+agree on the same records. Metric keys are `gad/...`, which the Trainer's TensorBoard callback shows as
+`train/gad/...`. Per teacher `<t>`:
+
+- `gad/alignment/<t>`: mean of node cosines (parameter space), with `/ci_low`, `/ci_high`, `/nodes`, `/undefined`,
+  `/clusters`; the same (mean, `/ci_low`, `/ci_high`, `/nodes`) for `/correct`, `/incorrect`, `/logit` and
+  `/pos_00_25` ... `/pos_75_100`; plain means `/positive_frac`, `/restricted`, `/outside_share`, `/rollout`;
+  `/correct_nodes`, `/incorrect_nodes` (kept for existing dashboards).
+- `gad/pooled/<t>`: pooled alignment (the noise-debiased number), with the same interval and counts, and
+  `/logit`, `/correct`, `/incorrect`, `/logit/correct`, `/logit/incorrect`.
+- `gad/paired/<t>`, `gad/paired/<t>/pooled`: difference with the first teacher on the same nodes.
+- `gad/advantage/<t>`: mean teacher advantage.
+
+Undefined numbers are NaN (the caller drops them: a gap in the chart, not a fake 0).
 """
 
 import math
 
-import torch
-
-from ..method.stats import summarize
-
-
-POSITION_BUCKETS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+from ..method.stats import Summary
+from .aggregate import RunAggregate, TeacherAggregate, aggregate
 
 
-def _mean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def teacher_metrics(rows: list[dict], teacher: str, confidence: float, generator: torch.Generator) -> dict[str, float]:
-    rows = [r for r in rows if r["teacher"] == teacher]
-    key = f"gad/alignment/{teacher}"
-    cos = [r["param_cos"] for r in rows]
-    s = summarize(cos, confidence=confidence, generator=generator, clusters=[r["rollout_id"] for r in rows])
-    defined = [c for c in cos if not math.isnan(c)]
+def summary_metrics(key: str, summary: Summary, counts: bool = False) -> dict[str, float]:
+    """`key` (the estimate), `key/ci_low`, `key/ci_high`, `key/nodes`; with `counts`, `key/undefined` and
+    `key/clusters` as well."""
     out = {
-        key: s.mean,
-        f"{key}/ci_low": s.lower,
-        f"{key}/ci_high": s.upper,
-        f"{key}/nodes": float(s.n),
-        f"{key}/undefined": float(s.n_undefined),
-        f"{key}/positive_frac": (sum(c > 0 for c in defined) / len(defined)) if defined else math.nan,
-        f"{key}/logit": _mean(r["logit_cos"] for r in rows),
-        f"{key}/restricted": _mean(r["restricted_cos"] for r in rows),
-        f"{key}/outside_share": _mean(r["outside_share"] for r in rows),
-        f"{key}/rollout": _mean({r["rollout_id"]: r["rollout_param_cos"] for r in rows}.values()),
-        f"gad/advantage/{teacher}": _mean(r["advantage"] for r in rows),
+        key: summary.mean,
+        f"{key}/ci_low": summary.lower,
+        f"{key}/ci_high": summary.upper,
+        f"{key}/nodes": float(summary.n),
     }
-    for label, flag in (("correct", True), ("incorrect", False)):
-        part = [r["param_cos"] for r in rows if bool(r["correct"]) == flag]
-        out[f"{key}/{label}"] = _mean(part)
-        out[f"{key}/{label}_nodes"] = float(sum(not math.isnan(c) for c in part))
-    for lo, hi in POSITION_BUCKETS:
-        part = [
-            r["param_cos"] for r in rows if lo <= r["rel_position"] < hi or (hi == 1.0 and r["rel_position"] == 1.0)
-        ]
-        out[f"{key}/pos_{int(lo * 100):02d}_{int(hi * 100)}"] = _mean(part)
+    if counts:
+        out[f"{key}/undefined"] = float(summary.n_undefined)
+        out[f"{key}/clusters"] = float(summary.clusters or 0)
     return out
 
 
-def pause_metrics(result, teachers: list[str], confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """Every scalar of one pass ([`PassResult`]); `nan` where nothing was defined (a gap, not a fake 0)."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = result.rows
+def teacher_metrics(agg: TeacherAggregate) -> dict[str, float]:
+    """Every scalar of one teacher (see the module docstring for the keys)."""
+    t = agg.teacher
+    key, pooled = f"gad/alignment/{t}", f"gad/pooled/{t}"
+    out = summary_metrics(key, agg.overall, counts=True)
+    out.update(summary_metrics(f"{key}/correct", agg.correct))
+    out.update(summary_metrics(f"{key}/incorrect", agg.incorrect))
+    out[f"{key}/correct_nodes"] = float(agg.correct.n)
+    out[f"{key}/incorrect_nodes"] = float(agg.incorrect.n)
+    out.update(summary_metrics(f"{key}/logit", agg.logit))
+    for label, summary in agg.positions.items():
+        out.update(summary_metrics(f"{key}/{label}", summary))
+    out[f"{key}/positive_frac"] = agg.positive_frac
+    out[f"{key}/restricted"] = agg.restricted
+    out[f"{key}/outside_share"] = agg.outside_share
+    out[f"{key}/rollout"] = agg.rollout.mean
+    out[f"gad/advantage/{t}"] = agg.advantage.mean
+    out.update(summary_metrics(pooled, agg.pooled, counts=True))
+    out.update(summary_metrics(f"{pooled}/correct", agg.pooled_correct))
+    out.update(summary_metrics(f"{pooled}/incorrect", agg.pooled_incorrect))
+    out.update(summary_metrics(f"{pooled}/logit", agg.pooled_logit))
+    out.update(summary_metrics(f"{pooled}/logit/correct", agg.pooled_logit_correct))
+    out.update(summary_metrics(f"{pooled}/logit/incorrect", agg.pooled_logit_incorrect))
+    if agg.vs_first is not None:
+        out.update(summary_metrics(f"gad/paired/{t}", agg.vs_first, counts=True))
+        out.update(summary_metrics(f"gad/paired/{t}/pooled", agg.vs_first_pooled, counts=True))
+    return out
+
+
+def run_metrics(run: RunAggregate) -> dict[str, float]:
+    """Every per-teacher scalar of an aggregate, plus what the records cost."""
     out: dict[str, float] = {}
-    for teacher in teachers:
-        out.update(teacher_metrics(rows, teacher, confidence, generator))
-    per_teacher = max(len(teachers), 1)
-    out["gad/rollouts"] = float(len(result.rollouts))
-    out["gad/correct_frac"] = _mean(float(r["correct"]) for r in result.rollouts)
-    out["gad/nodes"] = float(len(rows) // per_teacher)
-    out["gad/targeted_rollouts"] = float(
-        sum(len(r["candidates"]) * r["targeted_per_candidate"] for r in rows) // per_teacher
+    for agg in run.teachers:
+        out.update(teacher_metrics(agg))
+    out["gad/nodes"] = float(run.nodes)
+    out["gad/targeted_rollouts"] = float(run.targeted_rollouts)
+    out["gad/rollouts_spent"] = float(run.rollouts_spent)
+    out["gad/rollouts_spent_per_node"] = run.rollouts_spent / run.nodes if run.nodes else math.nan
+    return out
+
+
+def pause_metrics(
+    result, teachers: list[str], confidence: float = 0.95, seed: int = 0, num_bootstrap: int = 1000
+) -> dict[str, float]:
+    """
+    Every scalar of one pass ([`PassResult`]); `nan` where nothing was defined (a gap, not a fake 0).
+
+    Args:
+        result ([`PassResult`]): The pass: node rows, rollout rows, counted skips.
+        teachers (`list[str]`): Teachers in display order; the first is the reference of paired differences.
+        confidence (`float`, *optional*, defaults to `0.95`): Level of every interval.
+        seed (`int`, *optional*, defaults to `0`): Seed of the bootstraps.
+        num_bootstrap (`int`, *optional*, defaults to `1000`): Bootstrap replicates per interval.
+
+    `gad/targeted_rollouts` counts the continuation outcomes the success estimates use (a rollout's own outcome
+    reused at its node included); `gad/rollouts_spent` the targeted continuations actually decoded, and
+    `gad/rollouts_spent_per_node` their mean per node.
+    """
+    run = aggregate(
+        result.rows, teachers, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap, questions=False
     )
+    out = run_metrics(run)
+    out["gad/rollouts"] = float(len(result.rollouts))
+    correct = [float(r["correct"]) for r in result.rollouts]
+    out["gad/correct_frac"] = sum(correct) / len(correct) if correct else math.nan
     for reason, count in result.skipped.items():
         out[f"gad/skipped/{reason}"] = float(count)
     return out

@@ -1,101 +1,94 @@
-"""The per-teacher summary of a run: what `gad diagnose` / `gad report` print and the HTML report shows.
+"""The per-teacher summary of a run as a terminal table: what `gad diagnose` / `gad report` print.
 
-Every number carries its interval and its count. Intervals resample whole rollouts (nodes of a rollout are
-correlated). Teachers are compared on the same nodes: the paired difference of each teacher against the first one
-uses only nodes where both are defined.
+The numbers are the aggregator's ([`aggregate`]); this module only lays them out. Every cell is an estimate with its
+interval at the run's confidence level and its counts: `n` nodes used, `u` nodes left out as undefined, `c` clusters
+(questions or rollouts) the bootstrap resamples. An interval resting on fewer than two clusters is printed as
+"no interval", never as a point. Each view shows the pooled alignment (noise-debiased: the number to compare
+teachers by) next to the mean of node cosines (biased toward 0 by rollout noise, kept for continuity).
 """
 
 import math
-from dataclasses import dataclass
 
-import torch
-
-from ..method.stats import Summary, paired_difference, summarize
+from ..method.stats import Summary
+from .aggregate import RunAggregate, TeacherAggregate, aggregate, confidence_label
 
 
-@dataclass
-class TeacherSummary:
-    teacher: str
-    overall: Summary
-    correct: Summary
-    incorrect: Summary
-    logit: Summary
-    positive_frac: float
-    advantage: float
-    vs_first: Summary | None
+CELL = 42
 
 
-def _cos(rows, key="param_cos"):
-    return [r[key] for r in rows]
+def format_summary(s: Summary | None) -> str:
+    """One cell: `+0.772 [+0.583, +0.926] n=41 u=87 c=16`, `... [no interval] ...` or `undefined n=0 u=12`."""
+    if s is None:
+        return ""
+    counts = f"n={s.n} u={s.n_undefined}" + (f" c={s.clusters}" if s.clusters else "")
+    if s.n == 0 or math.isnan(s.mean):
+        return f"undefined {counts}"
+    interval = f"[{s.lower:+.3f}, {s.upper:+.3f}]" if s.has_interval else "[no interval]"
+    return f"{s.mean:+.3f} {interval} {counts}"
 
 
-def summarize_teachers(rows: list[dict], confidence: float = 0.95, seed: int = 0) -> list[TeacherSummary]:
-    """One [`TeacherSummary`] per teacher, in the order teachers first appear in `rows`."""
-    teachers = list(dict.fromkeys(r["teacher"] for r in rows))
-    gen = torch.Generator().manual_seed(seed)
-
-    def s(part, key="param_cos"):
-        return summarize(
-            _cos(part, key), confidence=confidence, generator=gen, clusters=[r["rollout_id"] for r in part]
-        )
-
-    # Paired comparison: key every row by its node so two teachers are matched on the very same nodes.
-    def node(r):
-        return (r["step"], r["rollout_id"], r["position"])
-
-    first = {node(r): r["param_cos"] for r in rows if r["teacher"] == teachers[0]} if teachers else {}
-    out = []
-    for t in teachers:
-        part = [r for r in rows if r["teacher"] == t]
-        defined = [c for c in _cos(part) if not math.isnan(c)]
-        adv = [r["advantage"] for r in part if not math.isnan(r["advantage"])]
-        vs = None
-        if t != teachers[0]:
-            mine = [r["param_cos"] for r in part]
-            theirs = [first.get(node(r), math.nan) for r in part]
-            vs = paired_difference(mine, theirs, confidence=confidence, generator=gen)
-        out.append(
-            TeacherSummary(
-                teacher=t,
-                overall=s(part),
-                correct=s([r for r in part if r["correct"]]),
-                incorrect=s([r for r in part if not r["correct"]]),
-                logit=s(part, "logit_cos"),
-                positive_frac=sum(c > 0 for c in defined) / len(defined) if defined else math.nan,
-                advantage=sum(adv) / len(adv) if adv else math.nan,
-                vs_first=vs,
-            )
-        )
-    return out
-
-
-def _fmt(s: Summary) -> str:
-    if s.n == 0:
-        return f"undefined (n=0, undef={s.n_undefined})"
-    if s.n == 1:
-        return f"{s.mean:+.3f} (n=1)"
-    return f"{s.mean:+.3f} [{s.lower:+.3f}, {s.upper:+.3f}] n={s.n}"
-
-
-def format_table(summaries: list[TeacherSummary], rollouts: list[dict] | None = None) -> str:
-    """A plain-text table for the terminal."""
-    lines = []
-    if rollouts:
-        correct = sum(bool(r["correct"]) for r in rollouts)
-        lines.append(f"{len(rollouts)} rollouts diagnosed, {correct} correct ({correct / len(rollouts):.0%})")
-    head = f"{'teacher':<12} {'alignment (param space)':<36} {'on incorrect rollouts':<36} {'on correct rollouts':<36} {'>0':>5} {'undef':>6} {'TA':>7}"
-    lines += [head, "-" * len(head)]
-    for s in summaries:
-        lines.append(
-            f"{s.teacher:<12} {_fmt(s.overall):<36} {_fmt(s.incorrect):<36} {_fmt(s.correct):<36} "
-            f"{s.positive_frac:>5.2f} {s.overall.n_undefined:>6d} {s.advantage:>+7.3f}"
-        )
-    paired = [s for s in summaries if s.vs_first is not None]
-    if paired:
-        lines.append(f"paired difference vs {summaries[0].teacher!r} on the same nodes:")
-        for s in paired:
-            lines.append(f"  {s.teacher:<10} {_fmt(s.vs_first)}")
-    lines.append(
-        "intervals: 95% bootstrap over rollouts; n = nodes where the cosine is defined; undef = undefined nodes"
+def legend(run: RunAggregate) -> str:
+    """The one-line key to the table (and to the HTML report's)."""
+    return (
+        "read: pooled = noise-debiased alignment, the number to compare teachers by; mean = mean of node cosines, "
+        "biased toward 0 by rollout noise, kept for continuity; n = nodes used, u = undefined nodes left out, "
+        f"c = {run.cluster_unit}s resampled; intervals: {confidence_label(run.confidence)} bootstrap over "
+        f"{run.cluster_unit}s (no interval below two)"
     )
+
+
+def summarize_teachers(
+    rows: list[dict], confidence: float = 0.95, seed: int = 0, num_bootstrap: int = 1000
+) -> list[TeacherAggregate]:
+    """One [`TeacherAggregate`] per teacher, in the order teachers first appear in `rows` (see [`aggregate`])."""
+    return aggregate(rows, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap).teachers
+
+
+def _block(title: str, run: RunAggregate, pick, extra=None) -> list[str]:
+    """A view: one line per teacher with its pooled and mean cells (and optional extra columns)."""
+    head = f"{'':<12} {'pooled':<{CELL}} {'mean':<{CELL}}"
+    if extra is not None:
+        head += f" {'>0':>5} {'TA':>7}"
+    lines = [title, head.rstrip()]
+    for t in run.teachers:
+        pooled, mean = pick(t)
+        if pooled is None and mean is None:
+            continue
+        line = f"{t.teacher:<12} {format_summary(pooled):<{CELL}} {format_summary(mean):<{CELL}}"
+        if extra is not None:
+            line += extra(t)
+        lines.append(line.rstrip())
+    return lines
+
+
+def format_table(run: RunAggregate, rollouts: list[dict] | None = None) -> str:
+    """
+    A plain-text table for the terminal: per teacher, pooled and mean alignment over all nodes, on incorrect and on
+    correct rollouts and in logit space, then the paired difference with the first teacher, then the legend.
+
+    Args:
+        run ([`RunAggregate`]): From [`aggregate`].
+        rollouts (`list[dict]`, *optional*): Rollout rows, for the header line (the records' rollouts otherwise).
+    """
+    lines = []
+    n_rollouts = len(rollouts) if rollouts else run.rollouts
+    correct = sum(bool(r["correct"]) for r in rollouts) if rollouts else run.correct
+    if n_rollouts:
+        lines.append(
+            f"{n_rollouts} rollouts diagnosed, {correct} correct ({correct / n_rollouts:.0%}); {run.nodes} nodes, "
+            f"{run.rollouts_spent} targeted continuations decoded"
+        )
+
+    def extra(t):
+        share, ta = t.positive_frac, t.advantage.mean
+        return f" {'-' if math.isnan(share) else f'{share:.2f}':>5} {'-' if math.isnan(ta) else f'{ta:+.3f}':>7}"
+
+    lines += _block("alignment (param space), all nodes", run, lambda t: (t.pooled, t.overall), extra)
+    lines += _block("on incorrect rollouts", run, lambda t: (t.pooled_incorrect, t.incorrect))
+    lines += _block("on correct rollouts", run, lambda t: (t.pooled_correct, t.correct))
+    lines += _block("logit space, all nodes", run, lambda t: (t.pooled_logit, t.logit))
+    if len(run.teachers) > 1:
+        title = f"paired difference vs {run.teachers[0].teacher!r} on the same nodes"
+        lines += _block(title, run, lambda t: (t.vs_first_pooled, t.vs_first))
+    lines.append(legend(run) + "; >0 = share of defined nodes aligned > 0; TA = mean teacher advantage")
     return "\n".join(lines)

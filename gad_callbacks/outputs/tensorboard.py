@@ -2,13 +2,16 @@
 
 Scalars go through `Trainer.log` (so every `report_to` backend gets them, as `train/gad/...` in TensorBoard); this
 writer adds, on the main process only, one histogram of per-node alignment per teacher and a layout with one chart
-holding every teacher's line, plus a margin chart (mean with its interval) per teacher.
+per view holding every teacher's line (pooled alignment first), plus margin charts (estimate with its interval) of
+the mean and of the pooled alignment per teacher.
 """
 
 import math
 import re
 
 import torch
+
+from .records import to_node_records
 
 
 def find_tensorboard_writer(trainer):
@@ -22,21 +25,28 @@ def find_tensorboard_writer(trainer):
 
 
 def layout(teachers: list[str]) -> dict:
-    """One chart per view with a line per teacher (Multiline takes regexes), and a mean-with-CI chart per teacher."""
+    """
+    One chart per view with a line per teacher (Multiline takes regexes), and per teacher a margin chart (estimate
+    with its interval) of the mean of node cosines and one of the pooled alignment.
+    """
     base = {t: f"train/gad/alignment/{t}" for t in teachers}
+    pooled = {t: f"train/gad/pooled/{t}" for t in teachers}
     exact = {t: re.escape(tag) for t, tag in base.items()}
-    per_teacher = {
-        f"{t}: mean and {'interval'}": ["Margin", [base[t], f"{base[t]}/ci_low", f"{base[t]}/ci_high"]]
-        for t in teachers
-    }
+    exact_pooled = {t: re.escape(tag) for t, tag in pooled.items()}
+    margins = {}
+    for t in teachers:
+        margins[f"{t}: mean and interval"] = ["Margin", [base[t], f"{base[t]}/ci_low", f"{base[t]}/ci_high"]]
+        margins[f"{t}: pooled and interval"] = ["Margin", [pooled[t], f"{pooled[t]}/ci_low", f"{pooled[t]}/ci_high"]]
     return {
         "gad: gradient alignment": {
+            "pooled alignment": ["Multiline", [f"^{exact_pooled[t]}$" for t in teachers]],
+            "pooled alignment, logit space": ["Multiline", [f"^{exact_pooled[t]}/logit$" for t in teachers]],
             "alignment, parameter space": ["Multiline", [f"^{exact[t]}$" for t in teachers]],
             "alignment, logit space": ["Multiline", [f"^{exact[t]}/logit$" for t in teachers]],
             "incorrect rollouts": ["Multiline", [f"^{exact[t]}/incorrect$" for t in teachers]],
             "correct rollouts": ["Multiline", [f"^{exact[t]}/correct$" for t in teachers]],
             "teacher advantage": ["Multiline", [f"^{re.escape(f'train/gad/advantage/{t}')}$" for t in teachers]],
-            **per_teacher,
+            **margins,
         }
     }
 
@@ -58,8 +68,9 @@ class AlignmentBoard:
                 if not math.isnan(value):
                     self.writer.add_scalar(f"train/{key}", value, step)
         if self.histograms:
+            records = to_node_records(rows)
             for teacher in self.teachers:
-                values = [r["param_cos"] for r in rows if r["teacher"] == teacher and not math.isnan(r["param_cos"])]
+                values = [r.param_cos for r in records if r.teacher == teacher and not math.isnan(r.param_cos)]
                 if values:
                     self.writer.add_histogram(f"gad/alignment_hist/{teacher}", torch.tensor(values), step)
         self.writer.flush()

@@ -7,6 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
+from gad_callbacks.method.stats import pooled_ratio
 from gad_callbacks.outputs.records import read_records
 from tests.integration.helpers import (
     distillation_trainer,
@@ -78,6 +79,16 @@ def check_logged(trainer, output_dir, teachers, steps):
             if defined:
                 mean = sum(defined) / len(defined)
                 assert tb[f"train/gad/alignment/{teacher}"][step] == pytest.approx(mean, abs=1e-5)
+            # Pooled alignment: every node with both pooling terms enters (flat-success nodes included).
+            part = [r for r in rows if r["teacher"] == teacher and r["step"] == step]
+            pooled = pooled_ratio([r["param_proj"] for r in part], [r["ideal_norm2_param"] for r in part])
+            assert tb[f"train/gad/pooled/{teacher}/nodes"][step] == pooled.n
+            if not math.isnan(pooled.mean):
+                assert tb[f"train/gad/pooled/{teacher}"][step] == pytest.approx(pooled.mean, abs=1e-5)
+        assert f"train/gad/pooled/{teacher}" in tb, "the pooled alignment was never defined"
+    for step in range(1, steps + 1):
+        spent = {(r["rollout_id"], r["position"]): r["rollouts_spent"] for r in rows if r["step"] == step}
+        assert tb["train/gad/rollouts_spent"][step] == sum(spent.values())
     return tb, rows
 
 
