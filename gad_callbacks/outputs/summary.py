@@ -30,8 +30,9 @@ def format_summary(s: Summary | None) -> str:
 def legend(run: RunAggregate) -> str:
     """The one-line key to the table (and to the HTML report's)."""
     return (
-        "read: pooled = noise-debiased alignment, the number to compare teachers by; mean = mean of node cosines, "
-        "biased toward 0 by rollout noise, kept for continuity; n = nodes used, u = undefined nodes left out, "
+        "read: pooled = noise-debiased alignment weighted by what is at stake at each node (flat nodes count 0), "
+        "the number to compare teachers by; mean = mean of node cosines over defined nodes, biased toward 0 by "
+        "rollout noise, kept for continuity; n = nodes used, u = undefined nodes left out, "
         f"c = {run.cluster_unit}s resampled; intervals: {confidence_label(run.confidence)} bootstrap over "
         f"{run.cluster_unit}s (no interval below two)"
     )
