@@ -247,7 +247,7 @@ def _settled(prep, config) -> bool:
         config.confidence,
         num_points=64,
         rounds=2,
-        generator=stream(config.seed, "allocation", int(prep["success"].count.sum())),
+        generator=stream(config.seed, "allocation", prep["node_id"], int(prep["success"].count.sum())),
     )
     width = hi - lo
     width = width[~torch.isnan(width)]
@@ -319,6 +319,7 @@ def diagnose_nodes(
             )
         p = torch.softmax(z.double() / config.temperature, dim=-1)
         prep = {"student": z, "candidates": candidates, "teacher": teacher, "sampled": sampled, "p": p}
+        prep["node_id"] = (node.sequence, node.prefix_len)
         prep["p_k"], prep["success"] = p[candidates], node.success
         prep["directions"], prep["undefined"], prep["distance"] = {}, {}, {}
         for name, loss in teacher_losses.items():

@@ -30,10 +30,11 @@ class GradientAlignmentConfig:
         alignment_targeted_rollouts (`int`, *optional*, defaults to `8`):
             Targeted rollouts per candidate token (uniform allocation), or the per-candidate budget a node may spend
             at most (adaptive allocation).
-        alignment_allocation (`str`, *optional*, defaults to `"adaptive"`):
-            `"adaptive"`: `alignment_min_rollouts` per candidate first, then rounds spent where they shrink the noise
-            of the ideal most, stopping a node once its intervals are narrower than `alignment_target_width`;
-            `"uniform"`: `alignment_targeted_rollouts` per candidate.
+        alignment_allocation (`str`, *optional*, defaults to `"uniform"`):
+            `"uniform"`: `alignment_targeted_rollouts` per candidate. `"adaptive"`: `alignment_min_rollouts` per
+            candidate first, then rounds spent where they shrink the noise of the cosines most, stopping a node once
+            its intervals are narrower than `alignment_target_width`: fewer rollouts for the same interval width, but
+            pooled alignment is then no longer exactly unbiased (see [`DiagnosisConfig`]).
         alignment_min_rollouts (`int`, *optional*, defaults to `4`):
             First-round targeted rollouts per candidate under adaptive allocation (>= 2).
         alignment_target_width (`float`, *optional*, defaults to `0.5`):
@@ -91,7 +92,7 @@ class GradientAlignmentConfig:
         default="entropy", metadata={"help": "Node selection: 'entropy', 'uniform' or 'depth_windows'."}
     )
     alignment_targeted_rollouts: int = field(default=8, metadata={"help": "Targeted rollouts per candidate token."})
-    alignment_allocation: str = field(default="adaptive", metadata={"help": "'adaptive' or 'uniform'."})
+    alignment_allocation: str = field(default="uniform", metadata={"help": "'uniform' or 'adaptive'."})
     alignment_min_rollouts: int = field(
         default=4, metadata={"help": "First-round rollouts per candidate (adaptive allocation)."}
     )

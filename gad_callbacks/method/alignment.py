@@ -125,7 +125,7 @@ def ideal_norm2(gram: torch.Tensor, p_k: torch.Tensor, mean: torch.Tensor, varia
     k = mean.numel()
     g_kk = gram.to(torch.float64)[:k, :k]
     amap = ideal_map(p_k)
-    a = amap @ mean.to(torch.float64)
+    a = ideal_on_candidates(p_k, mean)  # exactly 0 when flat, as in the numerator terms
     q = amap.T @ g_kk @ amap
     per_candidate = q.diagonal() * variance.to(torch.float64) / torch.as_tensor(count, dtype=torch.float64)
     # A candidate that cannot move the ideal (Q_kk = 0) needs no variance estimate.

@@ -23,7 +23,7 @@ excluded by the data.
 
 import torch
 
-from .alignment import ideal_cosines, ideal_map
+from .alignment import ideal_cosines, ideal_map, ideal_on_candidates
 from .success import SuccessEstimate, normal_quantile
 
 
@@ -78,8 +78,14 @@ def _statistics(estimate: SuccessEstimate):
         scale = (shrunk * (1 - shrunk) / count).sqrt()
         variance = shrunk * (1 - shrunk)
     else:
-        var = torch.nan_to_num(estimate.variance(), nan=0.0)
-        variance = var.clamp_min(max(float(var.max()), 1.0) * 1e-6)
+        # A candidate whose variance is unknown (one score) or looks like 0 (identical real scores) gets the node's
+        # pooled variance: treating its rate as known exactly would make the interval too narrow.
+        var = estimate.variance()
+        scores = estimate.scores[~torch.isnan(estimate.scores)]
+        pooled = float(scores.var()) if scores.numel() > 1 else float("nan")
+        if not pooled > 0:
+            pooled = max(float(scores.abs().max()) ** 2 if scores.numel() else 1.0, 1e-12)
+        variance = torch.where(torch.isnan(var) | (var <= 0), torch.full_like(var, pooled), var)
         scale = (variance / count).sqrt()
     return mean, count, variance, binary, scale
 
@@ -185,7 +191,7 @@ def cosine_intervals(
         u, cos = torch.cat([u, batch]), torch.cat([cos, cos_b])
     # The estimate itself is in the region (its cosine is on the boundary along its own ray): keep it inside the
     # interval even where the search fell short.
-    cos = torch.cat([cos, ideal_cosines(gram, (mean @ amap.T)[None, :])])
+    cos = torch.cat([cos, ideal_cosines(gram, ideal_on_candidates(p_k, mean)[None, :])])
     for t in range(m):
         col = cos[:, t]
         if bool(torch.isnan(col).all()):

@@ -89,6 +89,8 @@ def _cluster_bootstrap(columns, ids, statistic, num_bootstrap, generator):
     cluster once, then every replicate is a weighted sum over clusters (weights = how often each was drawn).
     """
     n_clusters = int(ids.max()) + 1
+    if generator is None:  # never the global RNG: a training run's streams must not move, and results repeat
+        generator = torch.Generator().manual_seed(0)
     sums = [torch.zeros(n_clusters, dtype=torch.float64).index_add_(0, ids, c) for c in columns]
     pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
     weights = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
