@@ -298,3 +298,35 @@ def test_reused_rollout_outcome_is_one_free_sample_of_the_sampled_token():
     assert off.success.count[sampled] == 4 and on.success.count[sampled] == 5
     assert torch.nansum(on.success.scores[sampled]) == torch.nansum(off.success.scores[sampled]) + 1.0
     assert on.rollouts_spent == off.rollouts_spent  # the free sample costs nothing
+
+
+def test_flat_nodes_give_exact_zeros_not_rounding_residue():
+    # Every candidate scored 1: the ideal is exactly zero. Its pooled-alignment terms must be exact zeros (a pool of
+    # such nodes is undefined, not 0 [0, 0]), and its interval must not carry the residue's cosine (~cos(p, b)).
+    from gad_callbacks import pooled_ratio
+    from gad_callbacks.method.alignment import ideal_norm2, logit_gram, teacher_projections
+    from gad_callbacks.method.intervals import cosine_intervals
+
+    p_k = torch.tensor([0.37, 0.21, 0.13, 0.07], dtype=torch.float64)
+    b = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    gram = logit_gram(torch.arange(4), [b])
+    flat = SuccessEstimate(torch.arange(4), torch.ones(4, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.long))
+    norm2 = ideal_norm2(gram, p_k, flat.mean, flat.variance(), flat.count)
+    proj = float(teacher_projections(gram, torch.zeros(4, dtype=torch.float64))[0])
+    assert norm2 == 0.0 and proj == 0.0
+    assert math.isnan(pooled_ratio([proj] * 5, [norm2] * 5).mean)
+    lo, hi = cosine_intervals(gram, p_k, flat, 0.95, generator=torch.Generator().manual_seed(0))
+    assert float(lo[0]) == pytest.approx(-float(hi[0]), abs=1e-3)  # the region allows every direction equally
+
+
+def test_real_valued_scores_with_unknown_variance_do_not_pin_the_interval():
+    from gad_callbacks.method.alignment import logit_gram
+    from gad_callbacks.method.intervals import cosine_intervals
+
+    p_k = torch.tensor([0.37, 0.21, 0.13, 0.07], dtype=torch.float64)
+    b = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    gram = logit_gram(torch.arange(4), [b])
+    one_each = torch.tensor([[0.3], [2.0], [1.5], [0.7]], dtype=torch.float64)  # one real-valued score each
+    est = SuccessEstimate(torch.arange(4), one_each, torch.zeros(4, dtype=torch.long))
+    lo, hi = cosine_intervals(gram, p_k, est, 0.95, generator=torch.Generator().manual_seed(0))
+    assert float(hi[0] - lo[0]) > 0.2  # was ~0.001: a single score treated as exact
