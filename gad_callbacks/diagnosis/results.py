@@ -1,5 +1,6 @@
 """What a diagnostic pass returns: plain dataclasses, one per node and one per rollout."""
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -76,10 +77,6 @@ class Diagnosis:
     rollouts: list[RolloutAlignment]
 
 
-def _nan() -> float:
-    return float("nan")
-
-
 @dataclass(kw_only=True)
 class NodeRecord:
     """
@@ -111,24 +108,24 @@ class NodeRecord:
     step: int
     rollout_id: str
     question_id: int | None = None
-    reward: float = field(default_factory=_nan)
+    reward: float = math.nan
     correct: bool = False
     position: int
     completion_length: int = 0
-    rel_position: float = field(default_factory=_nan)
+    rel_position: float = math.nan
     token_text: str = ""
     teacher: str
-    param_cos: float = field(default_factory=_nan)
-    param_ci_low: float = field(default_factory=_nan)
-    param_ci_high: float = field(default_factory=_nan)
-    logit_cos: float = field(default_factory=_nan)
-    logit_ci_low: float = field(default_factory=_nan)
-    logit_ci_high: float = field(default_factory=_nan)
-    restricted_cos: float = field(default_factory=_nan)
-    outside_share: float = field(default_factory=_nan)
-    advantage: float = field(default_factory=_nan)
+    param_cos: float = math.nan
+    param_ci_low: float = math.nan
+    param_ci_high: float = math.nan
+    logit_cos: float = math.nan
+    logit_ci_low: float = math.nan
+    logit_ci_high: float = math.nan
+    restricted_cos: float = math.nan
+    outside_share: float = math.nan
+    advantage: float = math.nan
     undefined: str = ""
-    value: float = field(default_factory=_nan)
+    value: float = math.nan
     token: int | None = None
     candidates: list[int] = field(default_factory=list)
     success: list[float] = field(default_factory=list)
@@ -138,12 +135,12 @@ class NodeRecord:
     targeted_per_candidate: int = 0
     rollouts_spent: int = 0
     truncated: int = 0
-    rollout_param_cos: float = field(default_factory=_nan)
-    param_proj: float = field(default_factory=_nan)
-    logit_proj: float = field(default_factory=_nan)
-    ideal_norm2_param: float = field(default_factory=_nan)
-    ideal_norm2_logit: float = field(default_factory=_nan)
-    distance: float = field(default_factory=_nan)
+    rollout_param_cos: float = math.nan
+    param_proj: float = math.nan
+    logit_proj: float = math.nan
+    ideal_norm2_param: float = math.nan
+    ideal_norm2_logit: float = math.nan
+    distance: float = math.nan
     region_flat: bool = False
 
     @property

@@ -98,6 +98,26 @@ def _cluster_bootstrap(columns, ids, statistic, num_bootstrap, generator):
     return statistic(*[weights @ s for s in sums])
 
 
+def _clustered(columns, defined, clusters, statistic, confidence, num_bootstrap, generator) -> Summary:
+    """
+    `statistic` of the per-value `columns` summed over the defined values, with a cluster-bootstrap percentile
+    interval (the statistic recomputed from resampled clusters); NaN interval below two clusters.
+    """
+    n, n_undefined = int(defined.sum()), int((~defined).sum())
+    nan = float("nan")
+    if n == 0:
+        return Summary(nan, nan, nan, 0, n_undefined, 0, confidence)
+    columns = [c[defined] for c in columns]
+    ids = _cluster_ids(clusters, defined)
+    n_clusters = int(ids.max()) + 1
+    point = float(statistic(*[c.sum() for c in columns]))
+    if n_clusters < 2:
+        return Summary(point, nan, nan, n, n_undefined, n_clusters, confidence)
+    reps = _cluster_bootstrap(columns, ids, statistic, num_bootstrap, generator)
+    lo, hi = percentile_interval(reps, confidence)
+    return Summary(point, float(lo), float(hi), n, n_undefined, n_clusters, confidence)
+
+
 def summarize(
     values,
     *,
@@ -124,20 +144,16 @@ def summarize(
             fewer than two clusters the interval is undefined.
     """
     values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    defined = ~torch.isnan(values)
-    n, n_undefined = int(defined.sum()), int((~defined).sum())
-    nan = float("nan")
-    if n == 0:
-        return Summary(nan, nan, nan, 0, n_undefined, 0, confidence)
-    x = values[defined]
-    ids = _cluster_ids(clusters, defined)
-    n_clusters = int(ids.max()) + 1
-    mean = float(x.mean())
-    if n_clusters < 2:
-        return Summary(mean, nan, nan, n, n_undefined, n_clusters, confidence)
-    reps = _cluster_bootstrap([x, torch.ones_like(x)], ids, lambda s, c: s / c, num_bootstrap, generator)
-    lo, hi = percentile_interval(reps, confidence)
-    return Summary(mean, float(lo), float(hi), n, n_undefined, n_clusters, confidence)
+    x = torch.nan_to_num(values)
+    return _clustered(
+        [x, torch.ones_like(x)],
+        ~torch.isnan(values),
+        clusters,
+        lambda s, c: s / c,
+        confidence,
+        num_bootstrap,
+        generator,
+    )
 
 
 def paired_difference(x, y, **kwargs) -> Summary:
@@ -194,17 +210,6 @@ def pooled_ratio(
     if proj.shape != norm2.shape:
         raise ValueError(f"Got {proj.numel()} projections but {norm2.numel()} ideal norms.")
     defined = ~(torch.isnan(proj) | torch.isnan(norm2))
-    n, n_undefined = int(defined.sum()), int((~defined).sum())
-    nan = float("nan")
-    if n == 0:
-        return Summary(nan, nan, nan, 0, n_undefined, 0, confidence)
-    proj, norm2 = proj[defined], norm2[defined]
-    ids = _cluster_ids(clusters, defined)
-    n_clusters = int(ids.max()) + 1
-    point = float(_pooled(proj.sum(), norm2.sum(), torch.tensor(float(n), dtype=torch.float64), norm2.abs().sum()))
-    if n_clusters < 2:
-        return Summary(point, nan, nan, n, n_undefined, n_clusters, confidence)
+    proj, norm2 = torch.nan_to_num(proj), torch.nan_to_num(norm2)
     columns = [proj, norm2, torch.ones_like(proj), norm2.abs()]
-    reps = _cluster_bootstrap(columns, ids, _pooled, num_bootstrap, generator)
-    lo, hi = percentile_interval(reps, confidence)
-    return Summary(point, float(lo), float(hi), n, n_undefined, n_clusters, confidence)
+    return _clustered(columns, defined, clusters, _pooled, confidence, num_bootstrap, generator)
