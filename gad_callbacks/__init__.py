@@ -29,7 +29,7 @@ from .method.stats import Summary, paired_difference, pooled_ratio, summarize
 from .method.success import SuccessEstimate
 
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Diagnosis",

@@ -9,6 +9,9 @@ On the embedded default (no downloads, CPU, a few minutes). A real model on a GP
         recipes/distill_with_alignment.py --config configs/qwen3_distill_with_alignment.yaml
 
 Then `tensorboard --logdir <output_dir>/runs`: `train/gad/alignment/<teacher>` and the "gad" custom-scalars tab.
+
+Resume an interrupted run with `--resume_from_checkpoint <output_dir>/checkpoint-N`: the alignment records go on
+under the same run id (`<output_dir>/gad/<run_id>/`), each step once.
 """
 
 # /// script
@@ -41,10 +44,10 @@ def main(data_args, training_args, model_args, gad_args):
         peft_config=get_peft_config(model_args),
     )
     trainer.add_callback(GradientAlignmentCallback(trainer, gad_args))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
 
 
 if __name__ == "__main__":
-    parser = TrlParser((DataArguments, DistillationConfig, ModelConfig, GradientAlignmentConfig))
+    parser = TrlParser((DataArguments, DistillationConfig, ModelConfig, GradientAlignmentConfig), allow_abbrev=False)
     main(*parser.parse_args_and_config())

@@ -5,6 +5,9 @@ Generalized knowledge distillation with TRL's `GKDTrainer`, logging each teacher
 
 GKD keeps no rollouts, so at each pause the callback samples fresh ones from training prompts at the trainer's
 temperature. The dataset needs a `messages` column (the embedded default has one).
+
+Resume an interrupted run with `--resume_from_checkpoint <output_dir>/checkpoint-N`: the alignment records go on
+under the same run id (`<output_dir>/gad/<run_id>/`), each step once.
 """
 
 # /// script
@@ -47,10 +50,10 @@ def main(data_args, training_args, model_args, gad_args):
         peft_config=get_peft_config(model_args),
     )
     trainer.add_callback(GradientAlignmentCallback(trainer, gad_args))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
 
 
 if __name__ == "__main__":
-    parser = TrlParser((DataArguments, GKDConfig, ModelConfig, GradientAlignmentConfig))
+    parser = TrlParser((DataArguments, GKDConfig, ModelConfig, GradientAlignmentConfig), allow_abbrev=False)
     main(*parser.parse_args_and_config())

@@ -2,27 +2,41 @@
 
 Samples the student's own rollouts on the dataset's questions, then runs the same pass the training callback runs
 (`diagnose_rollouts`) and writes records, TensorBoard logs, a terminal summary and an HTML report.
+
+The output directory holds one run. Everything that can be checked without computing (the device, that the output
+directory is writable and holds no run unless `--overwrite_output_dir true`, the dataset's columns) is checked
+first. The run's files are written to a staging directory inside `output_dir` and moved in only once all are
+written, so a failure midway leaves the previous run, if any, as it was.
 """
 
-import json
+import logging
+import os
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..diagnosis import Rollout, TeacherLoss, context_teacher, diagnose_rollouts, model_teacher
+from ..diagnosis.teacher_checks import load_tokenizer_of
 from ..diagnosis.teachers import parse_named_models
 from ..engine.model_io import eos_token_ids
 from ..engine.rollouts import sample_completions
 from ..engine.verifiers import NumericAnswerReward
 from ..integration.config import GradientAlignmentConfig
+from ..outputs.files import atomic_write_text
 from ..outputs.metrics import pause_metrics
 from ..outputs.records import write_records
+from ..outputs.runs import clear_run_files, new_run_id, write_run_info
 from ..outputs.tensorboard import AlignmentBoard
 from ..world.checkpoints import resolve_model
 from ..world.datasets import load_questions
-from .report import write_report
+from .report import summarize_run
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,7 +50,7 @@ class DiagnoseArguments:
         teachers (`list[str]`, *optional*, defaults to `["teacher=default:teacher"]`):
             External teachers as `"name=model"`.
         dataset (`str`, *optional*, defaults to `"default:arithmetic"`):
-            `default:arithmetic` (generated in code), a `.json` / `.jsonl` / `.parquet` file, or a Hub dataset id,
+            `default:arithmetic` (generated in code), a `.json` / `.jsonl` / `.parquet` / `.csv` file, or a Hub dataset id,
             with a `prompt` column (text or messages) and the columns the verifier and contexts use.
         num_questions (`int`, *optional*, defaults to `24`):
             Questions taken from the dataset (the first ones).
@@ -53,9 +67,12 @@ class DiagnoseArguments:
         distill_temperature (`float`, *optional*, defaults to `1.0`):
             Temperature of the distillation loss.
         output_dir (`str`, *optional*, defaults to `"runs/gad-diagnose"`):
-            Where records, TensorBoard logs and `report.html` go.
+            Where records, TensorBoard logs, `run.json` and `report.html` go.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Replace the run already in `output_dir` (its records, rollouts, TensorBoard logs, `run.json` and
+            `report.html`; nothing else). Without it, a run there is an error: two runs never mix.
         device (`str`, *optional*, defaults to `"cpu"`):
-            Torch device.
+            Torch device (`cpu`, `cuda`, `cuda:1`, ...); checked before anything runs.
         run_seed (`int`, *optional*, defaults to `0`):
             Seed of the rollouts and of every choice the diagnostic makes.
     """
@@ -63,7 +80,8 @@ class DiagnoseArguments:
     student: str = field(default="default:student", metadata={"help": "Student model (path, Hub id, default:<name>)."})
     teachers: list[str] = field(default_factory=lambda: ["teacher=default:teacher"], metadata={"help": "name=model."})
     dataset: str = field(
-        default="default:arithmetic", metadata={"help": "default:arithmetic or a json/jsonl/parquet file."}
+        default="default:arithmetic",
+        metadata={"help": "default:arithmetic, a json/jsonl/parquet/csv file or a Hub id."},
     )
     num_questions: int = field(default=24, metadata={"help": "Questions taken from the dataset."})
     rollouts_per_question: int = field(default=2, metadata={"help": "Student rollouts per question."})
@@ -73,14 +91,94 @@ class DiagnoseArguments:
     distill_beta: float | None = field(default=None, metadata={"help": "TRL's beta for jsd."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
     output_dir: str = field(default="runs/gad-diagnose", metadata={"help": "Output directory."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the run already in output_dir (else that is an error)."}
+    )
     device: str = field(default="cpu", metadata={"help": "Torch device."})
     run_seed: int = field(default=0, metadata={"help": "Seed of rollouts and choices."})
 
     def __post_init__(self):
         if self.num_questions < 1 or self.rollouts_per_question < 1:
             raise ValueError("num_questions and rollouts_per_question must be >= 1.")
+        check_device(self.device)
+        if self.max_completion_length < 1:
+            logger.warning(
+                "gad: max_completion_length is %d: every rollout is empty, so nothing can be diagnosed (each is "
+                "skipped as empty_rollout). Set max_completion_length >= 1.",
+                self.max_completion_length,
+            )
         self.teacher_models = parse_named_models(self.teachers, "teachers")
         self.loss = TeacherLoss(self.distill_loss, beta=self.distill_beta, temperature=self.distill_temperature)
+
+
+def check_device(device: str) -> None:
+    """Raise a one-line `ValueError` naming the fix when `device` is not a torch device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else "unparseable"
+        raise ValueError(f"device {device!r} is not a torch device ({reason}); use --device cpu or cuda.") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "meta":
+        raise ValueError("device 'meta' holds no data; use --device cpu or cuda.")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu.")
+    try:
+        # Allocating on the device is the one check that holds for every backend and index (cuda:7, mps, xpu).
+        torch.empty(1, device=parsed)
+    except Exception as err:
+        reason = " ".join(str(err).split()[:20]) or type(err).__name__
+        raise ValueError(f"device {device!r} is not available ({reason}); use --device cpu.") from None
+
+
+# A run in an output directory: any of these means a new run there would mix with it.
+_RUN_MARKERS = ("run.json", "records", "rollouts", "tensorboard")
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> Path | None:
+    """
+    Check, before anything is computed, that `out` holds no run (unless `overwrite`) and is writable (created if
+    needed, a probe file written and removed). Returns the outermost directory created here, if any.
+    """
+    existing = [name + "/" * (out / name).is_dir() for name in _RUN_MARKERS if (out / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(
+            f"output_dir {out} already holds a run ({', '.join(existing)}); pass --overwrite_output_dir true to "
+            "replace it, or choose another --output_dir."
+        )
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".gad-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(
+            f"output_dir {out} is not writable ({err.strerror or err}); choose another --output_dir."
+        ) from err
+    return missing[-1] if missing else None
+
+
+@contextmanager
+def staged_run(out: Path):
+    """
+    A staging directory inside `out` for the new run's files. When the block completes, the old run's files are
+    removed from `out` ([`clear_run_files`]) and the staged ones moved in; when it raises, the staging directory is
+    removed and `out` is left as it was.
+    """
+    stage = out / f".gad-staging-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)  # left by a killed process that had this pid
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    clear_run_files(out)
+    for entry in stage.iterdir():
+        os.replace(entry, out / entry.name)
+    stage.rmdir()
 
 
 def load_model(spec: str, what: str, device: str):
@@ -97,11 +195,29 @@ def load_model(spec: str, what: str, device: str):
 
 
 def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
-    """Run the diagnostic; returns the output directory."""
-    from transformers import AutoTokenizer
-
+    """
+    Run the diagnostic and write its run into `args.output_dir`; returns that directory. The output directory and
+    the device are checked before anything is computed.
+    """
     start = time.perf_counter()
     out = Path(args.output_dir)
+    created = prepare_output_dir(out, args.overwrite_output_dir)
+    try:
+        return _run(args, gad, out, start)
+    except BaseException:
+        # Nothing of this run is left: nor are the empty directories it created.
+        for directory in (out, *out.parents) if created is not None else ():
+            if not directory.is_dir() or any(directory.iterdir()):
+                break
+            directory.rmdir()
+            if directory == created:
+                break
+        raise
+
+
+def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start: float) -> Path:
+    from transformers import AutoTokenizer
+
     # Cheap checks first: a wrong dataset column should not wait for models to load.
     dataset = load_questions(args.dataset, args.num_questions, seed=args.run_seed)
     columns = list(dataset.column_names)
@@ -131,11 +247,19 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
                 ids.append(tokenizer(p, add_special_tokens=False)["input_ids"])
         return ids
 
-    teachers = [
-        model_teacher(n, load_model(p, f"teacher {n!r}", args.device), student, args.loss)
-        for n, p in args.teacher_models.items()
+    teachers = []
+    for name, spec in args.teacher_models.items():
+        # The teacher's own tokenizer, compared token for token with the student's (a same-size vocabulary of other
+        # tokens would give meaningless cosines).
+        teacher_tokenizer = load_tokenizer_of(name, None, resolve_model(spec))
+        model = load_model(spec, f"teacher {name!r}", args.device)
+        teachers.append(
+            model_teacher(name, model, student, args.loss, tokenizer=teacher_tokenizer, student_tokenizer=tokenizer)
+        )
+    teachers += [
+        context_teacher(c, student, tokenize_prompts, args.loss, columns, example_row=dataset[0])
+        for c in gad.self_contexts
     ]
-    teachers += [context_teacher(c, student, tokenize_prompts, args.loss, columns) for c in gad.self_contexts]
     if not teachers:
         raise ValueError("no teacher: set teachers and/or alignment_self_contexts.")
     names = [t.name for t in teachers]
@@ -172,23 +296,28 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
     )
     metrics = pause_metrics(result, names, gad.alignment_confidence, seed=args.run_seed)
     metrics["gad/seconds"] = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    write_records(result.rows, out / "records", 0)
-    write_records(result.rollouts, out / "rollouts", 0)
-    from torch.utils.tensorboard import SummaryWriter
+    run_id = new_run_id()
+    with staged_run(out) as stage:
+        write_records(result.rows, stage / "records", 0)
+        write_records(result.rollouts, stage / "rollouts", 0)
+        from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(out / "tensorboard")) as writer:
-        AlignmentBoard(writer, names, write_scalars=True, histograms=gad.alignment_histograms).log(
-            0, {k: v for k, v in metrics.items() if v == v}, result.rows
-        )
-    (out / "run.json").write_text(
-        json.dumps(
-            {"arguments": asdict(args), "alignment": asdict(gad), "skipped": dict(result.skipped), "metrics": metrics},
-            indent=2,
-            default=str,
-        )
-    )
-    # The same level and seed as the metrics above, so the printed table, report.html and TensorBoard agree (and a
-    # later `gad report` repeats them: it reads both from run.json).
-    write_report(out, confidence=gad.alignment_confidence, seed=args.run_seed)
+        with SummaryWriter(str(stage / "tensorboard")) as writer:
+            AlignmentBoard(writer, names, write_scalars=True, histograms=gad.alignment_histograms).log(
+                0, {k: v for k, v in metrics.items() if v == v}, result.rows
+            )
+        info = {"arguments": asdict(args), "alignment": asdict(gad), "skipped": dict(result.skipped)}
+        write_run_info(stage, {"run_id": run_id, "kind": "diagnose", **info, "metrics": metrics})
+        # The same level and seed as the metrics above, so the printed table, report.html and TensorBoard agree (and
+        # a later `gad report` repeats them: it reads both from run.json).
+        if result.rows:
+            table, page = summarize_run(stage, confidence=gad.alignment_confidence, seed=args.run_seed)
+            atomic_write_text(stage / "report.html", page)
+    print(f"gad diagnose: run {run_id} written to {out}")
+    if not result.rows:
+        # Every node was skipped: the run is kept (its run.json says why), and this raises the report's one-line
+        # "zero node rows" error with the skip counts.
+        summarize_run(out)
+    print(table)
+    print(f"HTML report: {out / 'report.html'}")
     return out

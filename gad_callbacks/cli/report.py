@@ -1,60 +1,135 @@
-"""`gad report RUN_DIR`: rebuild the summary table and the HTML report from saved records."""
+"""`gad report RUN_DIR [--run ID] [--confidence LEVEL]`: rebuild the summary table and the HTML report of one run
+from its saved records."""
 
-import json
 from pathlib import Path
 
 from ..outputs.aggregate import aggregate
+from ..outputs.files import atomic_write_text
 from ..outputs.html_report import render_html
-from ..outputs.records import read_node_records, read_records
+from ..outputs.records import read_record_files, read_records, to_node_records
+from ..outputs.runs import read_run_info, resolve_run, run_id_of
 from ..outputs.summary import format_table
+from .parsing import OneLineArgumentParser
 
 
-def _run_settings(run_dir: Path) -> dict:
-    """The confidence level and seed `gad diagnose` recorded in `run.json`, so a report repeats its numbers."""
-    path = run_dir / "run.json"
-    if not path.is_file():
-        return {}
-    saved = json.loads(path.read_text())
+def run_settings(info: dict) -> dict:
+    """
+    The confidence level and bootstrap seed a run recorded in its `run.json` (`alignment.alignment_confidence`;
+    `arguments.run_seed` of `gad diagnose`, else `alignment.alignment_seed` of a training run), so that a report
+    repeats the run's numbers.
+    """
+    alignment, arguments = info.get("alignment") or {}, info.get("arguments") or {}
     out = {}
-    if "alignment_confidence" in saved.get("alignment", {}):
-        out["confidence"] = float(saved["alignment"]["alignment_confidence"])
-    if "run_seed" in saved.get("arguments", {}):
-        out["seed"] = int(saved["arguments"]["run_seed"])
+    if alignment.get("alignment_confidence") is not None:
+        out["confidence"] = float(alignment["alignment_confidence"])
+    seed = arguments.get("run_seed", alignment.get("alignment_seed"))
+    if seed is not None:
+        out["seed"] = int(seed)
     return out
 
 
-def write_report(
+def skipped_summary(info: dict) -> str:
+    """The skip counts a run recorded in `run.json` (`skipped`), e.g. `verifier_error=12, empty_rollout=3`."""
+    skipped = info.get("skipped")
+    if not skipped:
+        return "none recorded"
+    if isinstance(skipped, dict):
+        return ", ".join(f"{reason}={count}" for reason, count in skipped.items())
+    return str(skipped)
+
+
+def summarize_run(
     run_dir: str | Path, confidence: float | None = None, seed: int | None = None, num_bootstrap: int = 1000
+) -> tuple[str, str]:
+    """
+    The terminal table and the `report.html` page of the run in `run_dir` (see [`write_report`] for the arguments).
+
+    Raises:
+        `FileNotFoundError`: the run has no record files.
+        `ValueError`: it has record files but no node rows in them (every node was skipped, or every file is
+            unreadable); the message gives the skip counts of `run.json`.
+    """
+    run_dir = Path(run_dir)
+    info, run_id = read_run_info(run_dir), run_id_of(run_dir)
+    found = read_record_files(run_dir / "records")
+    if not found.files:
+        raise FileNotFoundError(
+            f"no records under {run_dir}: run {run_id} has no records/step_* files; skipped: {skipped_summary(info)}"
+        )
+    if not found.rows:
+        unreadable = (
+            f" ({len(found.unreadable)} unreadable: {', '.join(found.unreadable)})" if found.unreadable else ""
+        )
+        raise ValueError(
+            f"run {run_id}: {len(found.files)} record file(s) but zero node rows{unreadable}; "
+            f"skipped: {skipped_summary(info)}"
+        )
+    saved = run_settings(info)
+    confidence = saved.get("confidence", 0.95) if confidence is None else confidence
+    seed = saved.get("seed", 0) if seed is None else seed
+    records = to_node_records(found.rows)
+    rollouts = read_records(run_dir / "rollouts")
+    run = aggregate(records, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap)
+    return format_table(run, rollouts), render_html(records, rollouts, run, title=f"gad report — {run_id}")
+
+
+def write_report(
+    run_dir: str | Path,
+    confidence: float | None = None,
+    seed: int | None = None,
+    num_bootstrap: int = 1000,
+    run: str | None = None,
 ) -> Path:
     """
-    Print the per-teacher summary of `run_dir` and write `report.html` next to its records; returns the report's path.
+    Print which run is read and its per-teacher summary, and write `report.html` (atomically) in the run's directory;
+    returns the report's path.
 
     Args:
         run_dir (`str` or `Path`):
-            A `gad diagnose` output directory, or a training run's `output_dir` (records under `gad/records/`).
+            A run directory, or a directory holding runs: a `gad diagnose` output directory, a training run's
+            `output_dir` (runs under `gad/<run_id>/`, or `gad/records/` from older versions). See
+            [`~outputs.runs.find_runs`].
         confidence (`float`, *optional*):
-            Interval level; the one `gad diagnose` recorded in `run.json`, else 0.95.
+            Interval level; the one the run recorded in `run.json`, else 0.95.
         seed (`int`, *optional*):
             Seed of the bootstraps; the run's seed from `run.json`, else 0 (the same records then give the same
             intervals every time).
         num_bootstrap (`int`, *optional*, defaults to `1000`):
             Bootstrap replicates per interval.
+        run (`str`, *optional*):
+            Which run, by id, when `run_dir` holds several; the latest when omitted.
     """
-    run_dir = Path(run_dir)
-    records_dir = run_dir / "records"
-    if not records_dir.is_dir():
-        # Accept a training run's output_dir too: the callback writes under output_dir/gad/.
-        records_dir = run_dir / "gad" / "records"
-    records = read_node_records(records_dir)
-    if not records:
-        raise FileNotFoundError(f"no records under {run_dir} (expected records/step_*.parquet or gad/records/).")
-    saved = _run_settings(records_dir.parent)
-    confidence = saved.get("confidence", 0.95) if confidence is None else confidence
-    seed = saved.get("seed", 0) if seed is None else seed
-    rollouts = read_records(records_dir.parent / "rollouts")
-    run = aggregate(records, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap)
-    print(format_table(run, rollouts))
-    path = records_dir.parent / "report.html"
-    path.write_text(render_html(records, rollouts, run, title=f"gad report — {run_dir.name}"))
+    chosen, message = resolve_run(run_dir, run)
+    print(f"gad report: {message}")
+    table, page = summarize_run(chosen, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap)
+    path = atomic_write_text(chosen / "report.html", page)  # before printing: a closed stdout must not lose it
+    print(table)
     print(f"HTML report: {path}")
     return path
+
+
+def report_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="gad report",
+        description="Rebuild the per-teacher summary and report.html of one run from its saved records.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="A run directory, a `gad diagnose` output_dir, or a training output_dir (runs under gad/).",
+    )
+    parser.add_argument("--run", metavar="ID", help="Run id to read when RUN_DIR holds several (default: the latest).")
+    parser.add_argument(
+        "--confidence", metavar="LEVEL", type=float, help="Interval level in (0, 1) (default: the run's, else 0.95)."
+    )
+    return parser
+
+
+def report_command(argv: list[str]) -> int:
+    """`gad report` on its arguments; `--help` raises `SystemExit(0)`, errors raise."""
+    args = report_parser().parse_args(argv)
+    if args.confidence is not None and not 0 < args.confidence < 1:
+        raise ValueError(f"--confidence must be in (0, 1), got {args.confidence:g}.")
+    write_report(args.run_dir, confidence=args.confidence, run=args.run)
+    return 0

@@ -15,6 +15,7 @@ import torch
 
 from ..engine.model_io import logits_at
 from .inputs import TeacherLoss
+from .teacher_checks import check_template, check_tokenizers, check_vocabulary, check_weights_loaded
 
 
 @dataclass
@@ -140,28 +141,21 @@ def parse_named_models(specs: list[str], what: str = "teacher") -> dict[str, str
     return out
 
 
-def vocabulary_size(model) -> int:
-    """Rows of the output embedding (`ds_shape` under DeepSpeed ZeRO-3, where the local tensor is an empty shard)."""
-    weight = model.get_output_embeddings().weight
-    return int(getattr(weight, "ds_shape", weight.shape)[0])
-
-
-def check_vocabulary(name: str, teacher, student) -> None:
-    t_vocab, s_vocab = vocabulary_size(teacher), vocabulary_size(student)
-    if t_vocab != s_vocab:
-        raise ValueError(
-            f"Teacher {name!r} has a vocabulary of {t_vocab} tokens, the student {s_vocab}: gradient alignment needs "
-            "a teacher that shares the student's tokenizer. Use a teacher of the same model family."
-        )
-
-
 def context_teacher(
-    context: SelfContext, student, tokenize_prompts: Callable, loss: TeacherLoss, columns: list[str], base_model=None
+    context: SelfContext,
+    student,
+    tokenize_prompts: Callable,
+    loss: TeacherLoss,
+    columns: list[str],
+    base_model=None,
+    *,
+    example_row: dict | None = None,
 ) -> TeacherSource:
     """
     The student under a privileged prompt, with its initial (`base`) or current (`live`) weights. `base_model`: a
     frozen copy of the initial weights to use for `base` without PEFT (by default a deep copy of `student`, which is
-    wrong where parameters are sharded, e.g. DeepSpeed ZeRO-3: there the caller builds it).
+    wrong where parameters are sharded, e.g. DeepSpeed ZeRO-3: there the caller builds it). `example_row`: a dataset
+    row the template is formatted on now (a bad format spec then fails here, not at every pause).
     """
     missing = context.fields() - {"prompt"} - set(columns)
     if missing:
@@ -169,6 +163,8 @@ def context_teacher(
             f"Self-distillation context {context.name!r} uses column(s) {sorted(missing)} that the dataset does not "
             f"have (columns: {list(columns)}). Fix the template or add the column."
         )
+    if example_row is not None:
+        check_template(context, example_row)
     model, ctx = student, contextlib.nullcontext
     if context.weights == "base":
         if hasattr(student, "disable_adapter"):
@@ -187,7 +183,14 @@ def context_teacher(
     return TeacherSource(context.name, loss, model, prompt, ctx)
 
 
-def model_teacher(name: str, model, student, loss: TeacherLoss) -> TeacherSource:
-    """An external teacher model that reads the student's own prompt (same vocabulary enforced)."""
+def model_teacher(
+    name: str, model, student, loss: TeacherLoss, *, tokenizer=None, student_tokenizer=None
+) -> TeacherSource:
+    """
+    An external teacher model that reads the student's own prompt. Its weights must be loaded and its vocabulary the
+    student's: sizes always, the tokenizers themselves when both are given (see [`check_tokenizers`]).
+    """
+    check_weights_loaded(name, model)
     check_vocabulary(name, model, student)
+    check_tokenizers(name, tokenizer, student_tokenizer)
     return TeacherSource(name, loss, model, lambda rollout: rollout.prompt_ids)

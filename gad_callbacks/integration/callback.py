@@ -12,6 +12,7 @@ model's modes and `requires_grad` flags are restored by the engine, gradients ar
 warning, never an exception into the training loop.
 """
 
+import inspect
 import logging
 import math
 import random
@@ -21,27 +22,48 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..diagnosis import PassResult, TeacherSource, context_teacher, diagnose_rollouts, model_teacher
 from ..diagnosis.rollout_pass import merge_results
-from ..diagnosis.teachers import check_vocabulary
+from ..diagnosis.teacher_checks import check_tokenizers, check_vocabulary, check_weights_loaded, load_tokenizer_of
 from ..engine.verifiers import NumericAnswerReward
 from ..method.streams import derive_seed
 from ..outputs.metrics import pause_metrics
-from ..outputs.records import write_records
-from ..outputs.tensorboard import AlignmentBoard, find_tensorboard_writer
+from ..outputs.runs import new_run_id
+from ..outputs.tensorboard import find_tensorboard_writer
 from ..world.checkpoints import resolve_model
 from .adapters import adapter_for
 from .config import GradientAlignmentConfig
 from .distributed import deepspeed_engines, full_parameters, gather_lists, is_zero3, prepare_teacher
+from .run_outputs import RunOutputs, run_info
 
 
 logger = logging.getLogger(__name__)
 
-_LAST_INSTANCE = None  # see `GradientAlignmentCallback.__init__` (checkpoint restore path)
+_STATE = ("run_id", "pauses", "nodes_total", "errors", "output_errors", "skipped", "last_step")
+
+
+def _callback_being_replaced():
+    """
+    The live callback that `Trainer._load_callback_state` is rebuilding, found in that method's frame: it calls
+    `type(callback)(**args)` with the live `callback` and the trainer (`self`) as locals. Binding to that callback
+    (hence to that trainer) needs no process-global state, so two trainers in one process cannot be confused.
+    """
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+        for _ in range(3):
+            if caller is None:
+                return None
+            live, trainer = caller.f_locals.get("callback"), caller.f_locals.get("self")
+            if isinstance(live, GradientAlignmentCallback) and isinstance(trainer, Trainer):
+                return live if getattr(live, "trainer", None) is trainer else None
+            caller = caller.f_back
+        return None
+    finally:
+        del frame
 
 
 @contextmanager
@@ -74,8 +96,10 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         config ([`GradientAlignmentConfig`], *optional*):
             Every knob; defaults when omitted.
         teachers (`dict[str, PreTrainedModel | str]`, *optional*):
-            Extra teacher models (or paths / Hub ids) by short name, besides the trainer's own teacher and those in
-            `config.alignment_extra_teachers`. They must share the student's vocabulary.
+            Extra teacher models (or paths / Hub ids, or `(model, tokenizer)` pairs) by short name, besides the
+            trainer's own teacher and those in `config.alignment_extra_teachers`. They must share the student's
+            tokenizer: it is compared token for token with the teacher's (loaded from the path, or from the model's
+            `name_or_path`; pass a pair when neither has one).
         self_contexts (`list[SelfContext]`, *optional*):
             Extra self-distillation contexts, besides `config.alignment_self_contexts`.
         reward_func (`Callable`, *optional*):
@@ -102,15 +126,17 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self_contexts=None,
         reward_func=None,
     ):
-        global _LAST_INSTANCE
         if trainer is None:
             # transformers' `restore_callback_states_from_checkpoint` rebuilds callbacks from their `state()` alone;
-            # the trainer cannot be serialised, so adopt the live callback this one replaces.
-            if _LAST_INSTANCE is None:
+            # the trainer cannot be serialised, so take over the live callback this one replaces (same trainer).
+            live = _callback_being_replaced()
+            if live is None:
                 raise ValueError(
-                    "GradientAlignmentCallback needs the trainer: GradientAlignmentCallback(trainer, config)."
+                    "GradientAlignmentCallback needs the trainer: GradientAlignmentCallback(trainer, config). (Built "
+                    "without one, it can only replace its own live instance while a Trainer restores callback states "
+                    "from a checkpoint.)"
                 )
-            self.__dict__.update(_LAST_INSTANCE.__dict__)
+            self.__dict__.update(live.__dict__)
             return
         self.trainer = trainer
         self.config = config or GradientAlignmentConfig()
@@ -135,20 +161,38 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self.teachers = self._build_teachers(teachers or {}, self_contexts or [])
         for warning in self.adapter.sampling_warnings():
             logger.warning("gad: %s.", warning)
-        self.pauses, self.nodes_total, self.errors, self.skipped, self.last_step = 0, 0, 0, {}, -1
-        self._board = None
-        _LAST_INSTANCE = self
+        if self.adapter.max_completion_length() < 1:
+            logger.warning(
+                "gad: the trainer's completion length is %d: every rollout is empty, so every pause will only count "
+                "skips (empty_rollout). Set max_completion_length (max_new_tokens for GKD) >= 1.",
+                self.adapter.max_completion_length(),
+            )
+        self._reset()
+        self._outputs = None
 
     # -- set-up -----------------------------------------------------------------------------------------------------
     def _build_teachers(self, extra_models: dict, extra_contexts: list) -> list[TeacherSource]:
         loss, cfg, adapter, trainer = self.adapter.teacher_loss(), self.config, self.adapter, self.trainer
         sources, engines = [], []  # engines of our own teachers; the trainer's are looked up at each pause
         if cfg.alignment_trainer_teacher:
-            sources.append(adapter.trainer_teacher(cfg.alignment_trainer_teacher))
+            source = adapter.trainer_teacher(cfg.alignment_trainer_teacher)
+            if source.model is not self.student and getattr(source.model, "name_or_path", ""):
+                # An external teacher the trainer loaded: its tokenizer must be the student's too.
+                check_tokenizers(source.name, load_tokenizer_of(source.name, source.model), adapter.tokenizer)
+            sources.append(source)
         for name, model in {**cfg.extra_teachers, **extra_models}.items():
+            tokenizer = None
+            if isinstance(model, tuple):
+                model, tokenizer = model
             if isinstance(model, str):
-                model = self._load(model)
+                path = resolve_model(model)
+                model, tokenizer = self._load(path), tokenizer or load_tokenizer_of(name, None, path)
+            elif tokenizer is None:
+                tokenizer = load_tokenizer_of(name, model)
+            # Checked before DeepSpeed wraps it (shapes, weights and tokens are those the user gave).
+            check_weights_loaded(name, model)
             check_vocabulary(name, model, self.student)
+            check_tokenizers(name, tokenizer, adapter.tokenizer)
             prepared = prepare_teacher(model, trainer)  # exactly as TRL prepares its own teacher
             engines.append(prepared)
             sources.append(model_teacher(name, trainer.accelerator.unwrap_model(prepared), self.student, loss))
@@ -168,7 +212,12 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             else:
                 model = None
             columns = adapter.dataset.column_names
-            sources.append(context_teacher(context, self.student, adapter.tokenize_prompts, loss, columns, model))
+            example = adapter.dataset[0] if len(adapter.dataset) else None
+            sources.append(
+                context_teacher(
+                    context, self.student, adapter.tokenize_prompts, loss, columns, model, example_row=example
+                )
+            )
         names = [s.name for s in sources]
         if not sources:
             raise ValueError(
@@ -187,27 +236,56 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=self.student.dtype)
 
     # -- checkpoint state -------------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.run_id, self.pauses, self.nodes_total, self.errors, self.output_errors = None, 0, 0, 0, 0
+        self.skipped, self.last_step = {}, -1
+
     def state(self) -> dict:
-        return {
-            "args": {},
-            "attributes": {
-                "pauses": self.pauses,
-                "nodes_total": self.nodes_total,
-                "errors": self.errors,
-                "skipped": dict(self.skipped),
-                "last_step": self.last_step,
-            },
-        }
+        # The run id travels with the checkpoint: a resumed run writes on under the same id.
+        values = {name: getattr(self, name) for name in _STATE}
+        values["skipped"] = dict(self.skipped)
+        return {"args": {}, "attributes": values}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # Resuming: restore our counters from the checkpoint's trainer state whether or not transformers was asked
-        # to restore callback states itself.
-        saved = state.stateful_callbacks.get(type(self).__name__) if state.stateful_callbacks else None
-        if isinstance(saved, list):
-            saved = saved[0] if saved else None
-        if saved and saved.get("attributes"):
-            for key, value in saved["attributes"].items():
-                setattr(self, key, value)
+        if state.global_step == 0:
+            self._reset()  # a fresh run (also a second `train()` of the same trainer): new id, zero counters
+        else:
+            # Resuming: our counters and run id come from the checkpoint's trainer state, whether or not transformers
+            # was asked to restore callback states itself.
+            saved = state.stateful_callbacks.get(type(self).__name__) if state.stateful_callbacks else None
+            if isinstance(saved, list):
+                saved = saved[0] if saved else None
+            for key, value in ((saved or {}).get("attributes") or {}).items():
+                if key in _STATE:
+                    setattr(self, key, value)
+        self.run_id = self.run_id or new_run_id()
+        if state.max_steps and self.config.alignment_every_n_steps > state.max_steps:
+            logger.warning(
+                "gad: alignment_every_n_steps=%d is larger than max_steps=%d: no pause will run in this training. "
+                "Lower alignment_every_n_steps.",
+                self.config.alignment_every_n_steps,
+                state.max_steps,
+            )
+        if state.is_world_process_zero:
+            cfg = self.config
+            run_dir = Path(args.output_dir) / cfg.alignment_output_subdir / self.run_id
+            self._outputs = RunOutputs(
+                run_dir,
+                [t.name for t in self.teachers],
+                cfg.alignment_write_records,
+                cfg.alignment_histograms,
+                cfg.alignment_confidence,
+            )
+            resumed_at = state.global_step if state.global_step else None
+            self._write(self._outputs.start, run_info(self, args, state, "running"), resumed_at)
+            logger.info("gad: run %s, outputs under %s", self.run_id, run_dir)
+
+    def _write(self, write, *args) -> None:
+        """Run one of `RunOutputs`' writes (they count and warn their failures instead of raising) and add its
+        failures to the run's `output_errors`."""
+        before = self._outputs.failures
+        write(*args)
+        self.output_errors += self._outputs.failures - before
 
     # -- the pause --------------------------------------------------------------------------------------------------
     def on_step_end(self, args, state, control, **kwargs):
@@ -230,12 +308,25 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self.pauses += 1
         metrics["gad/seconds"] = time.perf_counter() - start
         metrics["gad/errors"] = float(self.errors)
+        metrics["gad/output_errors"] = float(self.output_errors)
+        finite = {k: float(v) for k, v in metrics.items() if not math.isnan(v)}
         # Logging goes through the callback handler's `on_log`, which clears `control.should_log`: the trainer's own
         # log at this step would silently vanish. Keep the control flags exactly as the trainer set them.
         flags = dict(vars(control))
-        self._log(args, state, metrics, result)
-        vars(control).update(flags)
-        self.trainer.control = control
+        try:
+            # The base Trainer.log, not TRL's override: TRL's averages and clears the trainer's own running metrics.
+            Trainer.log(self.trainer, dict(finite))
+        except Exception as err:  # another logger (report_to) failing must not stop training either
+            self.output_errors += 1
+            logger.warning(
+                "gad: logging the step %d metrics failed (%s: %s); training continues.", step, type(err).__name__, err
+            )
+        finally:
+            vars(control).update(flags)
+            self.trainer.control = control
+        if self._outputs is not None:  # main process only
+            self._write(self._outputs.pause, step, finite, result, find_tensorboard_writer(self.trainer))
+            self._write(self._outputs.update_info, run_info(self, args, state, "running"), step)
 
     def _seed(self, step: int) -> int:
         return derive_seed(self.config.alignment_seed, "pause", step)
@@ -287,51 +378,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         metrics = pause_metrics(result, names, cfg.alignment_confidence, seed=self._seed(step)) if not errors else {}
         return metrics, result, errors
 
-    # -- outputs ----------------------------------------------------------------------------------------------------
-    def _log(self, args, state, metrics: dict, result: PassResult) -> None:
-        finite = {k: float(v) for k, v in metrics.items() if not math.isnan(v)}
-        # The base Trainer.log, not TRL's override: TRL's averages and clears the trainer's own running metrics.
-        Trainer.log(self.trainer, dict(finite))
-        if not state.is_world_process_zero:
-            return
-        out_dir = Path(args.output_dir) / self.config.alignment_output_subdir
-        if result.rows and self.config.alignment_write_records:
-            write_records(result.rows, out_dir / "records", state.global_step)
-            write_records(result.rollouts, out_dir / "rollouts", state.global_step)
-        if self._board is None:
-            writer = find_tensorboard_writer(self.trainer)
-            own = writer is None
-            if own:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(out_dir / "tensorboard"))
-            self._board = AlignmentBoard(
-                writer, [t.name for t in self.teachers], write_scalars=own, histograms=self.config.alignment_histograms
-            )
-        self._board.log(state.global_step, finite, result.rows)
-
-        def estimate(key: str, what: str) -> str:
-            if key not in finite:
-                return f"{what} undefined"
-            low, high = finite.get(f"{key}/ci_low"), finite.get(f"{key}/ci_high")
-            interval = " [no interval]" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
-            return f"{what} {finite[key]:+.3f}{interval} n={int(finite.get(key + '/nodes', 0))}"
-
-        # Both numbers, pooled first: the pooled alignment is the noise-debiased one to compare teachers by, the
-        # mean of node cosines is biased toward 0 by rollout noise.
-        parts = [
-            f"{t.name}: {estimate(f'gad/pooled/{t.name}', 'pooled')}, {estimate(f'gad/alignment/{t.name}', 'mean')}"
-            for t in self.teachers
-        ]
-        level = f"{self.config.alignment_confidence * 100:g}%"
-        tqdm.write(
-            f"gad step {state.global_step}: {int(finite.get('gad/nodes', 0))} nodes, "
-            f"{int(finite.get('gad/rollouts', 0))} rollouts, {int(finite.get('gad/rollouts_spent', 0))} targeted "
-            f"continuations, {finite['gad/seconds']:.1f}s | {level} intervals | " + " | ".join(parts)
-        )
-
     def on_train_end(self, args, state, control, **kwargs):
-        # The Trainer's TensorBoard callback closes its own writer; ours is closed here.
-        if self._board is not None and self._board.write_scalars:
-            self._board.writer.close()
-            self._board = None
+        if self._outputs is not None:
+            self._write(self._outputs.update_info, run_info(self, args, state, "finished"), state.global_step)
+            self._write(self._outputs.close)

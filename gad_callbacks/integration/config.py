@@ -4,11 +4,32 @@ Field names avoid those of TRL's trainer configs (`seed`, `temperature`, `max_ne
 and one `TrlParser((ScriptArguments, DistillationConfig, GradientAlignmentConfig))` can hold everything.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from ..diagnosis import DiagnosisConfig, PassSettings, SelfContext
 from ..diagnosis.teachers import parse_named_models
 from ..method.nodes import STRATEGIES
+
+
+# Our keys and the [`DiagnosisConfig`] fields they set.
+_DIAGNOSIS_KEYS = {
+    "alignment_targeted_rollouts": "num_rollouts",
+    "alignment_max_new_tokens": "max_new_tokens",
+    "alignment_candidate_mass": "mass",
+    "alignment_max_candidates": "max_candidates",
+    "alignment_teacher_top_tokens": "teacher_top",
+    "alignment_params": "params",
+    "alignment_max_vectors": "max_vectors",
+    "alignment_sketch_dim": "sketch_dim",
+    "alignment_num_bootstrap": "num_bootstrap",
+    "alignment_confidence": "confidence",
+    "alignment_seed": "seed",
+    "alignment_allocation": "allocation",
+    "alignment_min_rollouts": "min_rollouts",
+    "alignment_target_width": "target_width",
+    "alignment_reuse_rollout_outcome": "reuse_observed",
+}
 
 
 @dataclass
@@ -151,7 +172,14 @@ class GradientAlignmentConfig:
             names.append(self.alignment_trainer_teacher)
         if len(set(names)) != len(names):
             raise ValueError(f"Teacher and context names must be unique, got {names}.")
-        self.diagnosis()  # validates the estimator's knobs now, not at the first pause
+        try:
+            self.diagnosis()  # validates the estimator's knobs now, not at the first pause
+        except ValueError as err:
+            # Name the keys the user wrote (`alignment_targeted_rollouts`), not the estimator's (`num_rollouts`).
+            message = str(err).replace("DiagnosisConfig", "GradientAlignmentConfig")
+            for key, inner in _DIAGNOSIS_KEYS.items():
+                message = re.sub(rf"\b{inner}=", f"{key}=", message)
+            raise ValueError(message) from None
 
     def pass_settings(self, max_completion_length: int | None = None) -> PassSettings:
         return PassSettings(
@@ -163,21 +191,6 @@ class GradientAlignmentConfig:
 
     def diagnosis(self, max_new_tokens: int | None = None, temperature: float = 1.0) -> DiagnosisConfig:
         """The estimator's configuration for one pause (`max_new_tokens`/`temperature` come from the trainer)."""
-        return DiagnosisConfig(
-            num_rollouts=self.alignment_targeted_rollouts,
-            max_new_tokens=self.alignment_max_new_tokens or max_new_tokens or 256,
-            temperature=temperature,
-            mass=self.alignment_candidate_mass,
-            max_candidates=self.alignment_max_candidates,
-            teacher_top=self.alignment_teacher_top_tokens,
-            params=self.alignment_params,
-            max_vectors=self.alignment_max_vectors,
-            sketch_dim=self.alignment_sketch_dim,
-            num_bootstrap=self.alignment_num_bootstrap,
-            confidence=self.alignment_confidence,
-            seed=self.alignment_seed,
-            allocation=self.alignment_allocation,
-            min_rollouts=self.alignment_min_rollouts,
-            target_width=self.alignment_target_width,
-            reuse_observed=self.alignment_reuse_rollout_outcome,
-        )
+        knobs = {inner: getattr(self, key) for key, inner in _DIAGNOSIS_KEYS.items()}
+        knobs["max_new_tokens"] = self.alignment_max_new_tokens or max_new_tokens or 256
+        return DiagnosisConfig(temperature=temperature, **knobs)

@@ -8,23 +8,29 @@ Its fields are defined once, by [`NodeRecord`]; the parquet schema is derived fr
 explicitly, so a column that happens to be all NaN or all `None` in one pause keeps its type (pyarrow would infer
 `null` and the files of two pauses would no longer concatenate). Files written before a field existed are still
 read: the field is filled with the dataclass default (NaN for numbers), with one warning.
+
+Step files are written atomically and read all-or-nothing: a file that cannot be read is skipped with a warning, and
+a reader never sees a half-written one.
 """
 
 import dataclasses
 import json
 import logging
 import math
+import re
 import types
 import typing
 from pathlib import Path
 
 from ..diagnosis.results import NodeRecord
+from .files import atomic_write, atomic_write_text, is_temp_file
 
 
 logger = logging.getLogger(__name__)
 
 NODE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NodeRecord))
 _FLOAT_FIELDS = tuple(name for name, t in typing.get_type_hints(NodeRecord).items() if t is float)
+_STEP = re.compile(r"step_(\d+)")
 
 # One row per diagnosed rollout (written by `diagnose_rollouts`), read by the HTML report.
 ROLLOUT_FIELDS: dict[str, type] = {
@@ -79,7 +85,8 @@ def _schema_for(rows: list[dict]):
 def write_records(rows: list[dict], directory: str | Path, step: int) -> Path:
     """
     Write `rows` to `directory/step_XXXXXX.parquet` (or `.jsonl` when pyarrow is missing); returns the path. Node
-    rows ([`NodeRecord`] dicts) and rollout rows are written with their explicit schema.
+    rows ([`NodeRecord`] dicts) and rollout rows are written with their explicit schema. The file is written
+    atomically ([`atomic_write`]): a failure leaves the previous file of that step, if any, whole.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -87,28 +94,84 @@ def write_records(rows: list[dict], directory: str | Path, step: int) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        path = directory / f"step_{step:06d}.jsonl"
-        with open(path, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        return path
-    path = directory / f"step_{step:06d}.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=_schema_for(rows)), path)
-    return path
+        return atomic_write_text(directory / f"step_{step:06d}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    table = pa.Table.from_pylist(rows, schema=_schema_for(rows))
+    return atomic_write(directory / f"step_{step:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
+
+
+def step_files(directory: str | Path) -> list[Path]:
+    """
+    The `step_*.parquet` / `step_*.jsonl` files under `directory`, in step order (numeric, so step 1000000 comes
+    after step 999999); temporary files of unfinished writes are never included.
+    """
+    files = [
+        p
+        for p in Path(directory).glob("step_*")
+        if p.suffix in (".parquet", ".jsonl") and _STEP.fullmatch(p.stem) and not is_temp_file(p)
+    ]
+    return sorted(files, key=lambda p: (int(_STEP.fullmatch(p.stem).group(1)), p.name))
+
+
+@dataclasses.dataclass
+class RecordFiles:
+    """What [`read_record_files`] found: the rows, the step files, and the files it skipped with the reason."""
+
+    rows: list[dict]
+    files: list[Path]
+    unreadable: dict[str, str]
+
+
+def _read_file(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_record_files(directory: str | Path) -> RecordFiles:
+    """
+    Every step file under `directory` (see [`step_files`]) with its rows. A file that cannot be read (torn or corrupt
+    parquet, a bad jsonl line: written by a process killed before files were written atomically, or damaged since)
+    is skipped as a whole, so a step is never half counted; one warning names the skipped files.
+    """
+    rows, unreadable = [], {}
+    files = step_files(directory)
+    for path in files:
+        try:
+            rows.extend(_read_file(path))
+        except Exception as err:  # pyarrow raises ArrowInvalid / OSError, json ValueError: any means unreadable
+            unreadable[path.name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if unreadable:
+        logger.warning(
+            "gad: skipped %d unreadable record file(s) under %s: %s.",
+            len(unreadable),
+            directory,
+            "; ".join(f"{name} ({why})" for name, why in unreadable.items()),
+        )
+    return RecordFiles(rows, files, unreadable)
 
 
 def read_records(directory: str | Path) -> list[dict]:
-    """All rows of every `step_*.parquet` / `step_*.jsonl` file under `directory`, in step order, as stored."""
-    rows = []
-    for path in sorted(Path(directory).glob("step_*")):
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+    """
+    All rows of every `step_*.parquet` / `step_*.jsonl` file under `directory`, in step order, as stored; unreadable
+    files are skipped with a warning (see [`read_record_files`]).
+    """
+    return read_record_files(directory).rows
 
-            rows.extend(pq.read_table(path).to_pylist())
-        elif path.suffix == ".jsonl":
-            with open(path) as f:
-                rows.extend(json.loads(line) for line in f if line.strip())
-    return rows
+
+def drop_steps_after(directory: str | Path, step: int) -> int:
+    """
+    Remove the step files under `directory` whose step is after `step`; returns how many were removed. A run that
+    resumes from the checkpoint of `step` redoes the later steps, which must then be on disk once, not twice.
+    """
+    removed = 0
+    for path in step_files(directory) if Path(directory).is_dir() else []:
+        if int(_STEP.fullmatch(path.stem).group(1)) > step:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _default(name: str):

@@ -3,6 +3,51 @@
 from pathlib import Path
 
 
+# Local files by suffix, and the `datasets` builder that reads each.
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of what went wrong; `datasets` wraps the reader's error in a generic one."""
+    err = err.__cause__ or err
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_file(path: Path) -> None:
+    """Fail on an empty or corrupt file before `datasets` does (a bare `StopIteration`, a generic message)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset {str(path)!r}: no such file.")
+    size = path.stat().st_size
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as err:
+            raise ValueError(f"dataset {str(path)!r}: not a readable parquet file ({_reason(err)}).") from err
+        if rows == 0:
+            raise ValueError(f"dataset {str(path)!r}: the parquet file has no rows.")
+    elif size == 0 or (size < 1 << 16 and not path.read_bytes().strip()):
+        raise ValueError(f"dataset {str(path)!r}: the file is empty.")
+
+
+def _load_file(path: Path):
+    from datasets import load_dataset
+
+    _check_file(path)
+    try:
+        ds = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+    except Exception as err:
+        if "corresponds to no data" in str(err):  # e.g. `[]`, or a CSV header alone
+            raise ValueError(f"dataset {str(path)!r}: the file has no rows.") from err
+        reason = _reason(err)
+        raise ValueError(f"dataset {str(path)!r}: cannot be read as {path.suffix[1:]} ({reason}).") from err
+    if len(ds) == 0:
+        raise ValueError(f"dataset {str(path)!r}: the file has no rows.")
+    return ds
+
+
 def load_questions(
     name: str,
     num_questions: int | None = None,
@@ -17,8 +62,8 @@ def load_questions(
 
     Args:
         name (`str`):
-            `default:arithmetic` (generated in code, no download), a `.json` / `.jsonl` / `.parquet` file, or a Hub
-            dataset id (needs the network).
+            `default:arithmetic` (generated in code, no download), a `.json` / `.jsonl` / `.parquet` / `.csv` file,
+            or a Hub dataset id (needs the network). An empty or unreadable file is a `ValueError` naming it.
         num_questions (`int`, *optional*):
             Keep the first this many rows (all when omitted; the generated world needs it).
         config (`str`, *optional*):
@@ -37,10 +82,8 @@ def load_questions(
 
         return make_dataset(num_questions or 256, seed=seed)
     path = Path(name)
-    if path.suffix in (".json", ".jsonl", ".parquet"):
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset {name!r}: no such file.")
-        ds = load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train")
+    if path.suffix in FILE_BUILDERS:
+        ds = _load_file(path)
     else:
         ds = load_dataset(name, config, split=split)
     if num_questions is not None:

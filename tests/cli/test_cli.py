@@ -1,5 +1,6 @@
 """`gad diagnose` / `gad report` on the embedded default: outputs, the headline finding, errors, the HTML report."""
 
+import json
 import math
 import shutil
 import subprocess
@@ -34,9 +35,13 @@ def test_diagnose_writes_records_tensorboard_and_report(default_run, capsys):
     assert 0 < sum(r["correct"] for r in rollouts) < 32, "the default student should both succeed and fail"
     assert list((default_run / "tensorboard").glob("events.out.tfevents.*"))
     assert (default_run / "report.html").stat().st_size > 10_000
-    # `gad report` rebuilds the same summary from the saved records.
+    info = json.loads((default_run / "run.json").read_text())
+    assert info["kind"] == "diagnose" and info["created"] and info["arguments"]["num_questions"] == 16
+    assert not [p.name for p in default_run.iterdir() if p.name.startswith(".")], "staging or probe files left"
+    # `gad report` rebuilds the same summary from the saved records, and says which run it read.
     assert main(["report", str(default_run)]) == 0
     printed = capsys.readouterr().out
+    assert printed.startswith(f"gad report: run {info['run_id']} at {default_run} (the only run under")
     for teacher in TEACHERS:
         assert f"\n{teacher} " in printed
     assert "on incorrect rollouts" in printed and "paired difference" in printed
@@ -70,15 +75,16 @@ def error_line(capsys) -> str:
 def test_config_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
     assert main(["diagnose", "--config", CONFIG, "--num_questionz", "3"]) == 2
     assert "num_questionz" in error_line(capsys)
-    assert main(["diagnose", "--config", CONFIG, "--student", str(tmp_path / "missing")]) == 2
+    out = ["--output_dir", str(tmp_path / "o")]  # not the config's runs/ in the working directory
+    assert main(["diagnose", "--config", CONFIG, "--student", str(tmp_path / "missing"), *out]) == 2
     line = error_line(capsys)
     assert "student" in line and "missing" in line
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "1+1=?", "solution": "2"}\n')
-    assert main(["diagnose", "--config", CONFIG, "--dataset", str(data), "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["diagnose", "--config", CONFIG, "--dataset", str(data), *out]) == 2
     assert "'answer'" in error_line(capsys)
     data.write_text('{"prompt": "1+1=?", "answer": "2"}\n')
-    assert main(["diagnose", "--config", CONFIG, "--dataset", str(data), "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["diagnose", "--config", CONFIG, "--dataset", str(data), *out]) == 2
     assert "['solution']" in error_line(capsys)
     assert main(["report", str(tmp_path)]) == 2
     assert "no records" in capsys.readouterr().err

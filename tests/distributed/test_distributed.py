@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gad_callbacks.outputs.records import read_records
+from gad_callbacks.outputs.runs import find_runs
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +43,8 @@ def runs(tmp_path_factory):
 
 
 def node_records(run_dir):
-    return {
-        (r["rollout_id"], r["position"], r["teacher"]): r for r in read_records(run_dir / "align" / "gad" / "records")
-    }
+    (run,) = find_runs(run_dir / "align")  # one training run, written by the main process only
+    return {(r["rollout_id"], r["position"], r["teacher"]): r for r in read_records(run / "records")}
 
 
 def test_settings_are_what_they_claim(runs):

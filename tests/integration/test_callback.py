@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
 from gad_callbacks.method.stats import pooled_ratio
 from gad_callbacks.outputs.records import read_records
+from gad_callbacks.outputs.runs import find_runs
 from tests.integration.helpers import (
     distillation_trainer,
     gkd_trainer,
@@ -66,7 +67,8 @@ def check_logged(trainer, output_dir, teachers, steps):
         assert sorted(tb[key]) == list(range(1, steps + 1))
     assert {f"gad/alignment_hist/{t}" for t in teachers} <= tb["histograms"]
     assert "custom_scalars__config__" in tb["tensors"], "the one-chart-per-view layout is missing"
-    rows = read_records(output_dir / "gad" / "records")
+    (run,) = find_runs(output_dir)  # one training run, under gad/<run_id>/
+    rows = read_records(run / "records")
     assert {r["teacher"] for r in rows} == set(teachers)
     assert sorted({r["step"] for r in rows}) == list(range(1, steps + 1))
     # The scalars are what the records say: recompute the per-teacher mean and node count from the records.

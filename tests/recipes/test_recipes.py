@@ -9,6 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gad_callbacks.outputs.records import read_records
+from gad_callbacks.outputs.runs import find_runs
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,8 @@ def test_recipe_runs_two_steps_on_the_default(tmp_path, recipe):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gad step 2:" in done.stdout + done.stderr
-    rows = read_records(tmp_path / "gad" / "records")
+    (run,) = find_runs(tmp_path)  # one training run, under gad/<run_id>/
+    rows = read_records(run / "records")
     assert {r["teacher"] for r in rows} == set(teachers)
     assert {r["step"] for r in rows} == {1, 2}
     tags = tensorboard_tags(tmp_path)
