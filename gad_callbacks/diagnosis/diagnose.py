@@ -16,6 +16,11 @@ one node through `diagnose_nodes`:
    pooled-alignment terms, restricted cosines, outside shares, teacher advantages.
 
 All teachers are scored on the same nodes against the same `a_hat`, so their differences are paired.
+
+A non-finite value spoils only what it touches: a node where the student's logits are NaN / inf is kept undefined
+for every teacher (`non_finite_student`), a teacher whose logits are is undefined at that node only
+(`non_finite_teacher`), and a candidate whose every continuation was unscorable leaves its node undefined
+(`unscorable_continuations`). Everything else is measured as if they were not there.
 """
 
 import math
@@ -25,7 +30,6 @@ import torch
 
 from ..engine.model_io import eos_token_ids, logits_at, model_device
 from ..engine.rollouts import RolloutRequest, rollout_requests
-from ..engine.vjp import parameter_gram
 from ..method.alignment import (
     ideal_cosines,
     ideal_norm2,
@@ -34,18 +38,25 @@ from ..method.alignment import (
     node_value,
     outside_share,
     restricted_cosine,
-    span_cosines,
     teacher_advantage,
     teacher_projections,
 )
 from ..method.allocation import neyman_counts
-from ..method.directions import check_logits, ideal_direction
+from ..method.directions import ideal_direction
 from ..method.intervals import cosine_intervals, region_has_flat
 from ..method.nodes import candidate_set
 from ..method.streams import stream
 from ..method.success import SuccessEstimate, pad_rows
 from .inputs import DiagnosisConfig, Node, TeacherLoss
-from .results import Diagnosis, NodeDiagnosis, RolloutAlignment, TeacherAlignment
+from .param_grams import param_grams, rollout_cosines
+from .results import (
+    Diagnosis,
+    NodeDiagnosis,
+    TeacherAlignment,
+    add_absent_teachers,
+    embed_gram,
+    unmeasured_node,
+)
 
 
 def _student_logits(model, sequences, nodes) -> list[torch.Tensor]:
@@ -76,92 +87,6 @@ def _check_nodes(sequences, nodes, names):
             )
         if node.success is None and node.score is None:
             raise ValueError(f"Node {i} has neither a `score` function nor a known `success` estimate.")
-
-
-def _vector_layout(nodes_of_seq, num_teachers, max_vectors):
-    """Row index of every vector of one rollout, and groups of vectors that need their mutual products."""
-    layout, groups, current, b = [], [], [], 0
-    for k in nodes_of_seq:
-        size = k + num_teachers
-        idx = list(range(b, b + size))
-        b += size
-        layout.append(idx)
-        if current and len(current) + size > max_vectors:
-            groups.append(current)
-            current = []
-        current = current + idx
-    groups.append(current)
-    return layout, groups
-
-
-def _by_sequence(nodes):
-    out: dict[int, list[int]] = {}
-    for i, node in enumerate(nodes):
-        out.setdefault(node.sequence, []).append(i)
-    return out
-
-
-def _param_grams(model, sequences, nodes, prepared, names, config):
-    """
-    Per node: Gram of `[J^T e_k for k in K] + [J^T b_T]`. Per rollout: the whole Gram when all its nodes fit in one
-    backward group (the rollout-level cosine then needs no other pass), else None.
-    """
-    node_grams: list[torch.Tensor | None] = [None] * len(nodes)
-    rollout_grams: dict[int, tuple[torch.Tensor, list] | None] = {}
-    for seq, idxs in _by_sequence(nodes).items():
-        vocab = prepared[idxs[0]]["student"].numel()
-        layout, groups = _vector_layout(
-            [prepared[i]["candidates"].numel() for i in idxs], len(names), config.max_vectors
-        )
-        cot = torch.zeros(layout[-1][-1] + 1, len(idxs), vocab)
-        for r, (i, rows) in enumerate(zip(idxs, layout, strict=True)):
-            cand = prepared[i]["candidates"]
-            cot[torch.tensor(rows[: cand.numel()]), r, cand] = 1.0
-            for t, name in enumerate(names):
-                cot[rows[cand.numel() + t], r] = prepared[i]["directions"][name]
-        positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
-        length = max(nodes[i].prefix_len for i in idxs)
-        gram = parameter_gram(
-            model, sequences[seq][:length], positions, cot, config.params, groups=groups, sketch_dim=config.sketch_dim
-        )
-        for i, rows in zip(idxs, layout, strict=True):
-            sel = torch.tensor(rows)
-            node_grams[i] = gram[sel[:, None], sel[None, :]]
-        rollout_grams[seq] = (gram, layout) if len(groups) == 1 else None
-    return node_grams, rollout_grams
-
-
-def _rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_grams):
-    """`cos(sum_u g_ideal(u), sum_u g_T(u))` per rollout, from its Gram, or from one more backward when it was split."""
-    out = []
-    m = len(names)
-    for seq, idxs in _by_sequence(nodes).items():
-        whole = rollout_grams[seq]
-        if whole is not None:
-            gram, layout = whole
-            ideal = torch.zeros(gram.shape[0], dtype=torch.float64)
-            teachers = torch.zeros(m, gram.shape[0], dtype=torch.float64)
-            for i, rows in zip(idxs, layout, strict=True):
-                k = prepared[i]["candidates"].numel()
-                ideal[torch.tensor(rows[:k])] = prepared[i]["a_k"]
-                for t in range(m):
-                    teachers[t, rows[k + t]] = 1.0
-            cos = span_cosines(gram, ideal[None], teachers)[0]
-        else:
-            vocab = prepared[idxs[0]]["student"].numel()
-            cot = torch.zeros(1 + m, len(idxs), vocab)
-            for r, i in enumerate(idxs):
-                cot[0, r] = prepared[i]["ideal"]
-                for t, name in enumerate(names):
-                    cot[1 + t, r] = prepared[i]["directions"][name]
-            positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
-            length = max(nodes[i].prefix_len for i in idxs)
-            gram = parameter_gram(
-                model, sequences[seq][:length], positions, cot, config.params, sketch_dim=config.sketch_dim
-            )
-            cos = span_cosines(gram, torch.eye(1 + m)[:1], torch.eye(1 + m)[1:])[0]
-        out.append(RolloutAlignment(seq, len(idxs), {n: float(c) for n, c in zip(names, cos, strict=True)}))
-    return out
 
 
 def _targeted_rollouts(model, sequences, nodes, prepared, config):
@@ -218,8 +143,7 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
         batch = {}
         for i in todo:
             prep = prepared[i]
-            spent = int(prep["success"].count.sum())
-            left = budgets[i] - spent
+            left = budgets[i] - prep["success"].decoded
             if left <= 0 or _settled(prep, config):
                 continue
             batch[i] = neyman_counts(
@@ -236,14 +160,15 @@ def _settled(prep, config) -> bool:
     all wrong: most likely nothing to learn there, and more rollouts would only resolve tiny differences), or every
     teacher's parameter-space interval is already at most `target_width` wide.
     """
+    if bool((prep["success"].count == 0).any()):
+        return False  # a candidate without any scored continuation yet: nothing to build an interval on
     scores = prep["success"].scores
     observed = scores[~torch.isnan(scores)]
     if observed.numel() and bool((observed == observed[0]).all()):
         return True
-    lo, hi = cosine_intervals(
+    lo, hi = _intervals(
         prep["gram"],
-        prep["p_k"],
-        prep["success"],
+        prep,
         config.confidence,
         num_points=64,
         rounds=2,
@@ -252,6 +177,26 @@ def _settled(prep, config) -> bool:
     width = hi - lo
     width = width[~torch.isnan(width)]
     return width.numel() == 0 or bool((width <= config.target_width).all())
+
+
+def _with_direction(prep) -> list[int]:
+    """
+    Indices of the teachers with a direction at the node. The others (undefined here) are left out of the node's
+    logit-space products and interval searches, so that the rest come out exactly as they would without them.
+    """
+    return [t for t, b in enumerate(prep["directions"].values()) if bool(b.any())]
+
+
+def _intervals(gram, prep, confidence, **search):
+    """`cosine_intervals` over the teachers with a direction at the node, NaN for the others."""
+    k = prep["candidates"].numel()
+    rows = _with_direction(prep)
+    keep = torch.tensor(list(range(k)) + [k + t for t in rows], dtype=torch.long)
+    lo, hi = cosine_intervals(gram[keep[:, None], keep[None, :]], prep["p_k"], prep["success"], confidence, **search)
+    lower = torch.full((gram.shape[0] - k,), math.nan, dtype=torch.float64)
+    upper = lower.clone()
+    lower[rows], upper[rows] = lo, hi
+    return lower, upper
 
 
 def diagnose_nodes(
@@ -278,7 +223,8 @@ def diagnose_nodes(
             Knobs; defaults when omitted.
 
     Returns:
-        [`Diagnosis`]: one [`NodeDiagnosis`] per node (same order) and one [`RolloutAlignment`] per rollout.
+        [`Diagnosis`]: one [`NodeDiagnosis`] per node (same order; an undefined one says why in `undefined`) and one
+        [`RolloutAlignment`] per rollout with a measured node.
     """
     config = config or DiagnosisConfig()
     names = list(teacher_losses)
@@ -287,24 +233,34 @@ def diagnose_nodes(
     if not nodes:
         return Diagnosis([], [])
     student = _student_logits(model, sequences, nodes)
+    live = [i for i, z in enumerate(student) if bool(torch.isfinite(z).all())]
+    # Nodes with a non-finite student, and teachers without finite logits at any other node, are left out of the
+    # computation altogether: then they cannot move anyone else's numbers, not even by a rounding (the Gram's
+    # reductions depend on how many vectors share a backward).
+    reasons = [{n: nodes[i].teacher_signal(n, student[i].numel())[1] for n in names} for i in live]
+    absent = [n for n in names if reasons and all(r[n] in ("no_signal", "non_finite_teacher") for r in reasons)]
+    present = {n: teacher_losses[n] for n in names if n not in absent}
+    inner = Diagnosis([], [])
+    if live:
+        inner = _diagnose(model, sequences, [nodes[i] for i in live], [student[i] for i in live], present, config)
+        add_absent_teachers(inner, names, [{n: r[n] for n in absent} for r in reasons])
+    measured = dict(zip(live, inner.nodes, strict=True))
+    out = [
+        measured.get(i)
+        or unmeasured_node(n, n.sampled(sequences[n.sequence]), student[i].numel(), names, "non_finite_student")
+        for i, n in enumerate(nodes)
+    ]
+    return Diagnosis(out, inner.rollouts)
 
+
+def _diagnose(model, sequences, nodes, student, teacher_losses, config) -> Diagnosis:
+    """[`diagnose_nodes`] on nodes whose student logits are finite."""
+    names = list(teacher_losses)
     prepared = []
     for node, z in zip(nodes, student, strict=True):
-        # A teacher without logits at a node (e.g. a position the trainer's loss skips) gives no signal there.
-        teacher = {n: None if v is None else v.reshape(-1).float().cpu() for n, v in node.teacher_logits.items()}
-        for n, logits in teacher.items():
-            if logits is None:
-                continue
-            if logits.numel() != z.numel():
-                raise ValueError(
-                    f"Teacher {n!r} has {logits.numel()} logits, the student {z.numel()}: teachers must share the "
-                    "student's vocabulary (same tokenizer)."
-                )
-            check_logits(f"teacher {n!r} logits", logits)
-        seq = sequences[node.sequence]
-        sampled = node.sampled_token
-        if sampled is None and node.prefix_len < seq.numel():
-            sampled = int(seq[node.prefix_len])
+        signal = {n: node.teacher_signal(n, z.numel()) for n in names}
+        teacher, why = {n: v for n, (v, _) in signal.items()}, {n: r for n, (_, r) in signal.items()}
+        sampled = node.sampled(sequences[node.sequence])
         if node.success is not None:
             candidates = node.success.candidates
         else:
@@ -325,7 +281,7 @@ def diagnose_nodes(
         for name, loss in teacher_losses.items():
             if teacher[name] is None:
                 prep["directions"][name] = torch.zeros_like(z)
-                prep["undefined"][name] = "no_signal"
+                prep["undefined"][name] = why[name]
                 continue
             # "Teacher equals student" is a property of the two distributions (float64, as the loss sees them), not
             # of the size of b: b scales with 1 - p_max, so a confident student and a disagreeing teacher give a
@@ -342,13 +298,22 @@ def diagnose_nodes(
             prep["directions"][name] = loss.direction(z, teacher[name], token).float()
         prepared.append(prep)
 
-    node_grams, rollout_grams = _param_grams(model, sequences, nodes, prepared, names, config)
+    node_grams, rollout_grams = param_grams(model, sequences, nodes, prepared, names, config)
     for prep, gram in zip(prepared, node_grams, strict=True):
         prep["gram"] = gram
     _targeted_rollouts(model, sequences, nodes, prepared, config)
     for prep in prepared:
-        prep["ideal"] = ideal_direction(prep["student"], prep["candidates"], prep["success"].mean, config.temperature)
-        prep["a_k"] = ideal_on_candidates(prep["p_k"], prep["success"].mean)
+        success = prep["success"]
+        empty = success.count == 0
+        if bool(empty.any()) and bool((success.unscorable[empty] > 0).all()):
+            # A candidate whose every continuation was unscorable has no estimate, and the ideal needs all of them.
+            prep["unscorable"] = True
+            prep["ideal"], prep["a_k"] = torch.zeros_like(prep["student"]), torch.zeros_like(prep["p_k"])
+            for name in names:
+                prep["undefined"].setdefault(name, "unscorable_continuations")
+            continue
+        prep["ideal"] = ideal_direction(prep["student"], prep["candidates"], success.mean, config.temperature)
+        prep["a_k"] = ideal_on_candidates(prep["p_k"], success.mean)
         if float(prep["a_k"].abs().max()) == 0.0:
             for name in names:
                 prep["undefined"].setdefault(name, "flat_success")
@@ -356,20 +321,21 @@ def diagnose_nodes(
         _assemble(nodes[i], prepared[i], names, teacher_losses, config, spent)
         for i, spent in enumerate(_spent(nodes, prepared))
     ]
-    rollouts = _rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_grams)
+    rollouts = rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_grams)
     return Diagnosis(results, rollouts)
 
 
 def _spent(nodes, prepared):
     """Targeted continuations decoded per node (a reused observed outcome and known estimates cost nothing)."""
     for node, prep in zip(nodes, prepared, strict=True):
-        yield 0 if node.success is not None else int(prep["success"].count.sum()) - prep.get("reused", 0)
+        yield 0 if node.success is not None else prep["success"].decoded - prep.get("reused", 0)
 
 
 def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis:
     cand, success, p, p_k, a_k = prep["candidates"], prep["success"], prep["p"], prep["p_k"], prep["a_k"]
-    directions = [prep["directions"][n] for n in names]
-    grams = {"param": prep["gram"], "logit": logit_gram(cand, directions)}
+    live = _with_direction(prep)
+    logit = logit_gram(cand, [prep["directions"][names[t]] for t in live])
+    grams = {"param": prep["gram"], "logit": embed_gram(logit, cand.numel(), live, len(names))}
     count, variance = success.count, success.variance()
     diag = NodeDiagnosis(
         sequence=node.sequence,
@@ -383,7 +349,10 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
         directions=prep["directions"],
         undefined=dict(prep["undefined"]),
         gram=prep["gram"],
-        ideal_norm2={space: ideal_norm2(g, p_k, success.mean, variance, count) for space, g in grams.items()},
+        ideal_norm2={
+            space: math.nan if prep.get("unscorable") else ideal_norm2(g, p_k, success.mean, variance, count)
+            for space, g in grams.items()
+        },
         rollouts_spent=spent,
         region_flat=region_has_flat(success, config.confidence) if bool((count > 0).all()) else True,
     )
@@ -391,11 +360,12 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
     for space, g in grams.items():
         cos[space] = ideal_cosines(g, a_k[None])[0]
         proj[space] = teacher_projections(g, a_k)
+        if prep.get("unscorable"):  # no ideal at all, unlike a flat one (whose projections are exactly 0)
+            proj[space] = torch.full_like(proj[space], math.nan)
         if config.num_bootstrap > 0 and bool((count > 0).all()):
-            ci[space] = cosine_intervals(
+            ci[space] = _intervals(
                 g,
-                p_k,
-                success,
+                prep,
                 config.confidence,
                 num_points=config.num_bootstrap,
                 generator=stream(config.seed, "intervals", node.sequence, node.prefix_len, space),

@@ -215,3 +215,27 @@ class Node:
     success: SuccessEstimate | None = None
     max_new_tokens: int | None = None
     observed_score: float | None = None
+
+    def sampled(self, sequence: torch.Tensor) -> int | None:
+        """The sampled token: given, or read from the rollout when it reaches past the node."""
+        if self.sampled_token is None and self.prefix_len < sequence.numel():
+            return int(sequence[self.prefix_len])
+        return self.sampled_token
+
+    def teacher_signal(self, name: str, vocab: int) -> tuple[torch.Tensor | None, str]:
+        """
+        Teacher `name`'s logits here as a float32 CPU vector, or `None` with why it gives no usable signal:
+        `"no_signal"` (no logits) or `"non_finite_teacher"` (NaN / inf: that teacher is undefined at this node only).
+        """
+        logits = self.teacher_logits[name]
+        if logits is None:
+            return None, "no_signal"
+        logits = logits.reshape(-1).float().cpu()
+        if logits.numel() != vocab:
+            raise ValueError(
+                f"Teacher {name!r} has {logits.numel()} logits, the student {vocab}: teachers must share the "
+                "student's vocabulary (same tokenizer)."
+            )
+        if not bool(torch.isfinite(logits).all()):
+            return None, "non_finite_teacher"
+        return logits, ""

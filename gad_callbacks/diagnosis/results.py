@@ -77,6 +77,70 @@ class Diagnosis:
     rollouts: list[RolloutAlignment]
 
 
+def undefined_alignment() -> TeacherAlignment:
+    """A teacher that was not measured at a node: every number NaN, no direction."""
+    nan = float("nan")
+    return TeacherAlignment(nan, (nan, nan), nan, (nan, nan), nan, nan, nan, 0.0)
+
+
+def unmeasured_node(node, sampled_token, vocab, names, reason) -> NodeDiagnosis:
+    """
+    A [`Node`] where nothing could be measured (e.g. the student's logits are non-finite there): kept, with every
+    teacher undefined for `reason` and NaN numbers, so that it is counted rather than silently missing.
+    """
+    empty = torch.zeros(0, dtype=torch.long)
+    success = node.success or SuccessEstimate(empty, torch.zeros(0, 0, dtype=torch.float64), empty)
+    nan = float("nan")
+    return NodeDiagnosis(
+        sequence=node.sequence,
+        prefix_len=node.prefix_len,
+        sampled_token=sampled_token,
+        candidates=success.candidates,
+        success=success,
+        value=nan,
+        student_probs=torch.full((success.candidates.numel(),), nan),
+        ideal=torch.full((vocab,), nan),
+        directions={n: torch.zeros(vocab) for n in names},
+        teachers={n: undefined_alignment() for n in names},
+        undefined=dict.fromkeys(names, reason),
+        ideal_norm2={"param": nan, "logit": nan},
+    )
+
+
+def embed_gram(sub: torch.Tensor, k: int, teachers: list[int], num_teachers: int) -> torch.Tensor:
+    """
+    The node Gram over the `k` candidates and all `num_teachers` teachers, from `sub`, the Gram over the candidates
+    and the teachers `teachers` only. The other teachers' vectors are zero, so their products are exactly 0;
+    computing without them keeps everyone else's products independent of them, to the last bit.
+    """
+    keep = torch.tensor(list(range(k)) + [k + t for t in teachers], dtype=torch.long)
+    gram = torch.zeros(k + num_teachers, k + num_teachers, dtype=sub.dtype)
+    gram[keep[:, None], keep[None, :]] = sub
+    return gram
+
+
+def add_absent_teachers(diagnosis: Diagnosis, names: list[str], reasons: list[dict[str, str]]) -> None:
+    """
+    Put back, in place and in `names` order, teachers that were left out of the computation (no usable logits at any
+    node): undefined at node `i` for `reasons[i][teacher]`, zero directions (zero rows of the Gram matrices, exactly
+    what `J^T 0` would have given), NaN numbers.
+    """
+    absent = set(reasons[0]) if reasons else set()
+    if not absent:
+        return
+    for node, why in zip(diagnosis.nodes, reasons, strict=True):
+        vocab = node.ideal.numel()
+        node.teachers = {n: node.teachers.get(n) or undefined_alignment() for n in names}
+        node.directions = {n: node.directions.get(n, torch.zeros(vocab)) for n in names}
+        undefined = {n: why[n] for n in absent} | node.undefined
+        node.undefined = {n: undefined[n] for n in names if n in undefined}
+        if node.gram is not None:
+            present = [t for t, n in enumerate(names) if n not in absent]
+            node.gram = embed_gram(node.gram, node.candidates.numel(), present, len(names))
+    for rollout in diagnosis.rollouts:
+        rollout.param_cos = {n: rollout.param_cos.get(n, float("nan")) for n in names}
+
+
 @dataclass(kw_only=True)
 class NodeRecord:
     """
@@ -90,19 +154,23 @@ class NodeRecord:
     rollout's verdict), `position` (index in the completion), `completion_length`, `rel_position`
     (`position / (completion_length - 1)`), `token` / `token_text` (the sampled token there).
 
-    Per teacher: `param_cos` / `logit_cos` (node cosine with the estimated ideal, NaN when undefined; attenuated
-    toward 0 by rollout noise), their profile-likelihood intervals `*_ci_low` / `*_ci_high` (NaN when disabled),
-    `restricted_cos`, `outside_share`, `advantage`, `undefined` (why the teacher is undefined here, `""` if it is
-    not), `rollout_param_cos` (rollout-level cosine of the node's rollout), `param_proj` / `logit_proj` (unbiased
-    numerator terms of pooled alignment; NaN where the teacher is undefined, 0 at a flat-success node), `distance`
-    (teacher-student total variation under the loss).
+    Per teacher: `param_cos` / `logit_cos` (node cosine with the estimated ideal, NaN when undefined; attenuated toward
+    0 by rollout noise), their profile-likelihood intervals `*_ci_low` / `*_ci_high` (NaN when disabled),
+    `restricted_cos`, `outside_share`, `advantage`, `undefined` (why the teacher is undefined here, `""` if it is not:
+    from the teacher, `no_signal` (its loss skips this position), `non_finite_teacher` (NaN / inf logits),
+    `teacher_matches_student`; from the node, for every teacher, `non_finite_student` (NaN / inf student logits:
+    nothing measured, no candidates), `unscorable_continuations` (a candidate without any scored continuation),
+    `flat_success`), `rollout_param_cos` (rollout-level cosine of the node's rollout), `param_proj` / `logit_proj`
+    (unbiased numerator terms of pooled alignment; NaN where the teacher is undefined, 0 at a flat-success node),
+    `distance` (teacher-student total variation under the loss).
 
     Per node (the same in every teacher's row): `value` (V(node)), `candidates` / `success` / `success_low` /
-    `success_high` / `success_counts` (per candidate: token id, success estimate, its interval, continuations
-    scored), `targeted_per_candidate` (the most continuations any candidate got), `rollouts_spent` (targeted
-    continuations decoded here), `truncated` (continuations that hit the length budget), `ideal_norm2_param` /
-    `ideal_norm2_logit` (unbiased `||g_ideal||^2`, the denominator terms of pooled alignment; may be negative at one
-    node), `region_flat` (whether the success rates' likelihood region holds a flat ideal).
+    `success_high` / `success_counts` (per candidate: token id, success estimate, its interval, continuations scored),
+    `targeted_per_candidate` (the most continuations any candidate got), `rollouts_spent` (targeted continuations
+    decoded here, unscorable ones included: those are not in `success_counts`), `truncated` (continuations that hit the
+    length budget), `ideal_norm2_param` / `ideal_norm2_logit` (unbiased `||g_ideal||^2`, the denominator terms of
+    pooled alignment; may be negative at one node), `region_flat` (whether the success rates' likelihood region holds a
+    flat ideal).
     """
 
     step: int

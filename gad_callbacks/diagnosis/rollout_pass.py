@@ -3,6 +3,10 @@
 For each rollout: verify it (correct / incorrect), choose nodes, read every teacher's logits at them, then run the
 diagnosis (targeted rollouts, directions, cosines) on all of them at once. Returns plain rows: one per
 (node, teacher), one per rollout, and the counted reasons for anything skipped. Nothing here knows about trainers.
+
+A bad value costs only what it touches, and is counted: an unscorable verdict (NaN / inf / None reward) skips its
+rollout, an unscorable targeted continuation is left out of its candidate's estimate, a non-finite student or
+teacher makes its nodes undefined. Each kind of trouble gets one warning per pass: how often, and the first case.
 """
 
 import dataclasses
@@ -15,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine.model_io import eos_token_ids, logits_at
-from ..engine.verifiers import reward_function_score
+from ..engine.rollouts import ScoreError
+from ..engine.verifiers import as_score, reward_function_score
 from ..method.nodes import STRATEGIES, entropy, select_nodes
 from ..method.streams import derive_seed, stream
 from .diagnose import diagnose_nodes
@@ -77,15 +82,75 @@ def merge_results(results: list[PassResult]) -> PassResult:
 
 
 def verify_rollout(reward_func, tokenizer, rollout: Rollout) -> float:
-    """The verifier's reward for a whole rollout (TRL reward-function calling convention)."""
+    """
+    The verifier's reward for a whole rollout (TRL reward-function calling convention); NaN when it is unscorable
+    (`None`, NaN or inf).
+    """
     text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
     completion = [{"role": "assistant", "content": text}] if isinstance(rollout.prompt, list) else text
     columns = {k: [v] for k, v in rollout.row.items()}
-    return float(
+    return as_score(
         reward_func(
             prompts=[rollout.prompt], completions=[completion], completion_ids=[rollout.completion_ids], **columns
         )[0]
     )
+
+
+class _Trouble:
+    """What went wrong in a pass, per kind: how often, out of how many, and the first case (never a list of all)."""
+
+    # kind: (what it is counted out of, the message)
+    KINDS = {
+        "verifier_error": ("rollouts", "the verifier raised on {n} of {total} rollouts (skipped)"),
+        "unscorable_reward": ("rollouts", "{n} of {total} rollouts had a NaN/inf/None reward (unscorable, skipped)"),
+        "non_finite_student": (
+            "nodes",
+            "the student's logits were NaN/inf at {n} of {total} nodes (undefined for every teacher: "
+            "non_finite_student; a rollout with no other node is skipped)",
+        ),
+        "non_finite_teacher": (
+            "pairs",
+            "{n} of {total} (node, teacher) pairs had NaN/inf teacher logits (undefined: non_finite_teacher)",
+        ),
+        "unscorable_continuation": (
+            "continuations",
+            "{n} of {total} targeted continuations had a NaN/inf/None reward or a non-finite student (unscorable, "
+            "excluded from the success estimates)",
+        ),
+        "unscorable_continuations": (
+            "nodes",
+            "{n} of {total} nodes had a candidate without any scored continuation (undefined: "
+            "unscorable_continuations)",
+        ),
+    }
+
+    def __init__(self):
+        self.count, self.total, self.first = Counter(), Counter(), {}
+
+    def add(self, kind: str, first: str, n: int = 1) -> None:
+        if n > 0:
+            self.count[kind] += n
+            self.first.setdefault(kind, first)
+
+    def warn(self) -> None:
+        for kind, n in self.count.items():
+            unit, message = self.KINDS[kind]
+            logger.warning("gad: %s; first: %s", message.format(n=n, total=self.total[unit]), self.first[kind])
+
+    def note_nodes(self, diagnosis: Diagnosis, node_meta: list[dict]) -> None:
+        """Count what went wrong at each node of one rollout's diagnosis."""
+        for node, meta in zip(diagnosis.nodes, node_meta, strict=True):
+            where = f"rollout {meta['rollout_id']}, position {meta['position']}"
+            reasons = list(node.undefined.items())
+            self.total.update(nodes=1, pairs=len(node.teachers), continuations=node.rollouts_spent)
+            if reasons and all(r == "non_finite_student" for _, r in reasons):
+                self.add("non_finite_student", where)
+                continue
+            self.add("unscorable_continuation", where, int(node.success.unscorable.sum()))
+            self.add("unscorable_continuations", where, int(any(r == "unscorable_continuations" for _, r in reasons)))
+            for teacher, reason in reasons:
+                if reason == "non_finite_teacher":
+                    self.add("non_finite_teacher", f"teacher {teacher!r}, {where}")
 
 
 def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list[dict]:
@@ -118,7 +183,7 @@ def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list
                 success_low=node.success.lower.tolist(),
                 success_high=node.success.upper.tolist(),
                 success_counts=node.success.count.tolist(),
-                targeted_per_candidate=int(node.success.count.max()),
+                targeted_per_candidate=int(node.success.count.max()) if node.candidates.numel() else 0,
                 rollouts_spent=node.rollouts_spent,
                 truncated=int(node.success.truncated.sum()),
                 rollout_param_cos=rollout_cos.get(node.sequence, {}).get(teacher, math.nan),
@@ -162,22 +227,33 @@ def diagnose_rollouts(
         progress (`bool`, *optional*, defaults to `False`): Show a progress bar over rollouts.
 
     Returns:
-        [`PassResult`]: node rows, rollout rows, and counted skips (`unknown_prompt`, `empty_rollout`,
-        `verifier_error`).
+        [`PassResult`]: node rows, rollout rows, and counted skips: rollouts (`unknown_prompt`, `empty_rollout`,
+        `verifier_error`, `unscorable_reward`, `non_finite_student`: the student's logits are NaN/inf at every node)
+        and targeted continuations (`unscorable_continuation`). Nodes are never dropped: an undefined one is a row
+        with its reason in `undefined`.
     """
-    result = PassResult()
+    result, trouble = PassResult(), _Trouble()
     usable = []
-    for rollout in rollouts:
+    for index, rollout in enumerate(rollouts):
         if rollout.row is None:
             result.skipped["unknown_prompt"] += 1
-        elif not rollout.completion_ids:
+            continue
+        if not rollout.completion_ids:
             result.skipped["empty_rollout"] += 1
-        else:
-            try:
-                usable.append((rollout, verify_rollout(reward_func, tokenizer, rollout)))
-            except Exception as err:  # a raising verifier skips the rollout, counted, instead of failing the pass
-                result.skipped["verifier_error"] += 1
-                logger.warning("gad: the verifier raised on a rollout (skipped): %s: %s", type(err).__name__, err)
+            continue
+        trouble.total["rollouts"] += 1
+        name = rollout.key or f"#{index} of the pass"
+        try:
+            reward = verify_rollout(reward_func, tokenizer, rollout)
+        except Exception as err:  # a raising verifier skips the rollout, counted, instead of failing the pass
+            result.skipped["verifier_error"] += 1
+            trouble.add("verifier_error", f"rollout {name}: {type(err).__name__}: {str(err):.200}")
+            continue
+        if math.isnan(reward):
+            result.skipped["unscorable_reward"] += 1
+            trouble.add("unscorable_reward", f"rollout {name}")
+            continue
+        usable.append((rollout, reward))
     losses = {t.name: t.loss for t in teachers}
     limit = settings.max_completion_length
     # Targeted continuations stop where the trainer's completions stop (TRL's end-of-sequence set).
@@ -193,6 +269,10 @@ def diagnose_rollouts(
         entropies = None
         if settings.node_strategy == "entropy":
             entropies = entropy(logits_at(student, seq, range(p - 1, p + length - 1)), config.temperature)
+            # A position where the student is NaN has no entropy: weigh it as an average one, so that it can still
+            # be picked and show up as an undefined node instead of vanishing from the sample.
+            finite = torch.isfinite(entropies)
+            entropies = torch.where(finite, entropies, entropies[finite].mean() if bool(finite.any()) else 1.0)
         positions = select_nodes(
             length, settings.nodes_per_rollout, settings.node_strategy, entropies=entropies, generator=generator
         ).tolist()
@@ -219,7 +299,20 @@ def diagnose_rollouts(
                 }
             )
         rollout_config = dataclasses.replace(config, seed=derive_seed(seed, "diagnosis"), eos_token_id=eos)
-        diagnosis = diagnose_nodes(student, [seq], nodes, losses, rollout_config)
+        try:
+            diagnosis = diagnose_nodes(student, [seq], nodes, losses, rollout_config)
+        except ScoreError as err:  # the verifier failed on targeted continuations: as when it fails on the rollout
+            result.skipped["verifier_error"] += 1
+            trouble.add("verifier_error", f"rollout {rollout_id} (targeted continuations): {str(err):.200}")
+            continue
+        trouble.note_nodes(diagnosis, meta)
+        unscorable = sum(int(n.success.unscorable.sum()) for n in diagnosis.nodes)
+        if unscorable:
+            result.skipped["unscorable_continuation"] += unscorable
+        # Rollout-level results exist where at least one node was measured; none: the student is NaN at every node.
+        if nodes and not diagnosis.rollouts:
+            result.skipped["non_finite_student"] += 1
+            continue
         result.rows += node_records(diagnosis, meta, step)
         result.rollouts.append(
             {
@@ -232,4 +325,5 @@ def diagnose_rollouts(
                 "correct": correct,
             }
         )
+    trouble.warn()
     return result

@@ -8,6 +8,10 @@ facts:
 - all candidates x rollouts of many nodes decode together, one batched step per token; prefixes of different lengths
   are left-padded (masked) so that new tokens land at the same cache index;
 - a continuation that has emitted EOS leaves the batch (rows are compacted once enough of them are done).
+
+One bad value never sinks the batch: a row whose logits turn non-finite stops there, and a continuation the verifier
+scores NaN / infinite / `None` is kept as missing data; both are counted per candidate
+(`SuccessEstimate.unscorable`) and left out of the success estimate.
 """
 
 from collections.abc import Callable, Sequence
@@ -19,9 +23,15 @@ from ..method.directions import check_candidates
 from ..method.success import SuccessEstimate, pad_rows
 from .kv_cache import batch_cache, prefix_caches
 from .model_io import cache_keyword, eval_mode, model_device, output_cache
+from .verifiers import as_score
 
 
-Score = Callable[[list[list[int]]], Sequence[float]]
+Score = Callable[[list[list[int]]], Sequence[float | None]]
+
+
+class ScoreError(ValueError):
+    """The verifier of targeted continuations failed (raised, or broke its contract): a verifier problem, not a
+    decoding one, so that callers can count it as such."""
 
 
 @dataclass
@@ -38,7 +48,7 @@ class RolloutRequest:
             Candidate tokens to force, `[K]`.
         score (`Callable`):
             `score(continuations) -> list[float]`, each continuation the token ids after the prefix (forced candidate
-            first, EOS included if produced).
+            first, EOS included if produced); `None` or a non-finite score marks a continuation as unscorable.
         max_new_tokens (`int`, *optional*):
             This node's own limit on sampled tokens (e.g. the trainer's remaining completion budget), at most the
             batch's `max_new_tokens`.
@@ -82,9 +92,13 @@ def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 
 @torch.no_grad()
 def _decode_chunk(model, keyword, cache, mask, first, positions, limits, temperature, eos_ids, generator):
-    """Sample up to `limits[r]` tokens after each row's forced first token; returns `[R, max(limits)]` (-1 = none)."""
+    """
+    Sample up to `limits[r]` tokens after each row's forced first token. Returns the tokens, `[R, max(limits)]` (-1 =
+    none), and which rows stopped on non-finite logits, `[R]` (their continuation cannot be finished, nor scored).
+    """
     rows, max_new_tokens = first.shape[0], int(limits.max())
     out_tokens = torch.full((rows, max_new_tokens), -1, dtype=torch.long, device=first.device)
+    broken = torch.zeros(rows, dtype=torch.bool, device=first.device)
     alive = torch.arange(rows, device=first.device)  # original row of each batch row
     done = torch.zeros(rows, dtype=torch.bool, device=first.device)  # per batch row: finished but still present
     # Without left padding (one prefix length in the chunk) no mask is needed: a single new query attends to every
@@ -99,8 +113,12 @@ def _decode_chunk(model, keyword, cache, mask, first, positions, limits, tempera
         out = model(input_ids=current[:, None], position_ids=(positions + step)[:, None], use_cache=True, **kwargs)
         cache = output_cache(out)
         logits = out.logits[:, -1].float()
-        if not torch.isfinite(logits).all():
-            raise ValueError(f"The student produced non-finite logits at rollout step {step}; cannot sample.")
+        bad = ~torch.isfinite(logits).all(-1)
+        if bool(bad.any()):
+            # One row overflowing (half precision, a broken prefix) must not take the other rows down with it.
+            broken[alive[bad & ~done]] = True
+            done = done | bad
+            logits = torch.where(bad[:, None], torch.zeros_like(logits), logits)  # sampled, then discarded
         nxt = _sample(torch.softmax(logits / temperature, dim=-1), generator)
         keep = ~done
         out_tokens[alive[keep], step] = nxt[keep]
@@ -117,26 +135,32 @@ def _decode_chunk(model, keyword, cache, mask, first, positions, limits, tempera
             limits = limits[keep_idx]
             done = done[keep_idx]
         current = nxt
-    return out_tokens
+    return out_tokens, broken
 
 
 def _score(request: RolloutRequest, continuations: list[list[int]]) -> torch.Tensor:
+    """The scores of `continuations`, float64; NaN where the verifier gave `None` or a non-finite number."""
+    if not continuations:
+        return torch.zeros(0, dtype=torch.float64)
     try:
-        scores = request.score(continuations)
+        scores = list(request.score(continuations))
     except Exception as err:  # a verifier's failure must name itself, not surface as a decoding error
-        raise ValueError(f"The score function raised {type(err).__name__}: {err}") from err
-    try:
-        scores = torch.as_tensor([float(s) for s in scores], dtype=torch.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"The score function must return a list of numbers; got {scores!r}.") from err
-    if scores.numel() != len(continuations):
-        raise ValueError(
-            f"The score function returned {scores.numel()} scores for {len(continuations)} continuations; it must "
+        raise ScoreError(f"The score function raised {type(err).__name__}: {err}") from err
+    if len(scores) != len(continuations):
+        raise ScoreError(
+            f"The score function returned {len(scores)} scores for {len(continuations)} continuations; it must "
             "return exactly one score per continuation."
         )
-    if not torch.isfinite(scores).all():
-        raise ValueError(f"The score function returned non-finite scores: {scores.tolist()}.")
-    return scores
+    values = []
+    for i, s in enumerate(scores):
+        try:
+            values.append(as_score(s))
+        except (TypeError, ValueError) as err:  # name the first offender, not the whole (possibly long) list
+            raise ScoreError(
+                f"The score function must return numbers (or None: unscorable); score {i} of {len(scores)} is "
+                f"{type(s).__name__} {s!r:.80}."
+            ) from err
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def rollout_requests(
@@ -176,7 +200,8 @@ def rollout_requests(
             together.
 
     Returns:
-        `list[SuccessEstimate]`: one per request, in order.
+        `list[SuccessEstimate]`: one per request, in order; unscorable continuations are counted in `unscorable`,
+        not scored. A score function that raises or returns the wrong number of scores raises [`ScoreError`].
     """
     if num_rollouts < 1 or max_new_tokens < 0 or temperature <= 0:
         raise ValueError(
@@ -230,31 +255,39 @@ def rollout_requests(
                 [torch.full((int((~d).sum()),), lim, device=device) for lim, d in zip(limit, first_done, strict=True)]
             )
             tokens = torch.full((live_first.numel(), 0), -1, dtype=torch.long, device=device)
+            broken = [False] * live_first.numel()
             if cache is not None:
-                tokens = _decode_chunk(
+                tokens, broken = _decode_chunk(
                     model, keyword, cache, mask, live_first, live_pos, live_limits, temperature, eos_ids, generator
                 )
+                broken = broken.tolist()
             offset, eos_set = 0, set(eos_ids.tolist())
             for i, r, first, done in zip(chunk, chunk_requests, firsts, first_done, strict=True):
-                continuations, truncated = [], torch.zeros(r.candidates.numel(), dtype=torch.long)
-                owner = torch.arange(r.candidates.numel()).repeat_interleave(counts[i]).tolist()
+                k = r.candidates.numel()
+                continuations, truncated, scorable = [], torch.zeros(k, dtype=torch.long), [True] * len(first)
+                owner = torch.arange(k).repeat_interleave(counts[i]).tolist()
                 generated = 0
                 for row, (tok, is_done) in enumerate(zip(first.tolist(), done.tolist(), strict=True)):
                     if is_done:  # EOS forced, or no budget left after the forced token
                         continuations.append([tok])
                         truncated[owner[row]] += int(tok not in eos_set)
                         continue
-                    sampled = tokens[offset]
+                    sampled, scorable[row] = tokens[offset], not broken[offset]
                     offset += 1
                     sampled = sampled[sampled >= 0].tolist()
                     generated += len(sampled)
                     ended = bool(sampled) and sampled[-1] in eos_set
-                    if not ended:
+                    if not ended and scorable[row]:
                         truncated[owner[row]] += 1
                     continuations.append([tok] + sampled)
-                flat = _score(r, continuations) if continuations else torch.zeros(0, dtype=torch.float64)
+                # A continuation the student could not finish is never shown to the verifier.
+                flat = torch.full((len(continuations),), float("nan"), dtype=torch.float64)
+                flat[torch.tensor(scorable, dtype=torch.bool)] = _score(
+                    r, [c for c, ok in zip(continuations, scorable, strict=True) if ok]
+                )
+                unscorable = torch.bincount(torch.tensor(owner, dtype=torch.long)[torch.isnan(flat)], minlength=k)
                 scores = pad_rows(list(flat.split(counts[i].tolist())))
-                results[i] = SuccessEstimate(r.candidates.cpu(), scores, truncated, generated)
+                results[i] = SuccessEstimate(r.candidates.cpu(), scores, truncated, generated, unscorable=unscorable)
     return results
 
 

@@ -3,6 +3,9 @@
 A targeted rollout only knows the tokens it generated after the node; a verifier judges the whole completion. The
 adapter glues the completion-so-far (`y_<t`) in front of each continuation, decodes, and calls the reward function
 with the prompt and the dataset columns, exactly as TRL's GRPO-style trainers call reward functions.
+
+A reward of `None` (TRL's convention for "this function does not apply to this sample"), NaN or infinity is read as
+*unscorable*: NaN here, which everything downstream treats as a missing sample, counted, never as a score of 0.
 """
 
 import math
@@ -27,6 +30,14 @@ def extract_final_number(text: str) -> float | None:
                 return float(numbers[0].replace(",", ""))
     numbers = re.findall(_NUMBER, text)
     return float(numbers[-1].replace(",", "")) if numbers else None
+
+
+def as_score(value) -> float:
+    """A reward as a float, NaN when it is unscorable (`None`, NaN, infinite); raises on anything not a number."""
+    if value is None:
+        return math.nan
+    value = float(value)
+    return value if math.isfinite(value) else math.nan
 
 
 def _text(completion) -> str:
@@ -96,6 +107,10 @@ def reward_function_score(
             The dataset row's other columns (e.g. the reference answer); each is repeated once per completion.
         skip_special_tokens (`bool`, *optional*, defaults to `True`):
             Passed to `tokenizer.decode`.
+
+    Returns:
+        `Callable`: `score(continuations) -> list[float]`, NaN for a reward of `None`, NaN or infinity (unscorable:
+        targeted rollouts leave it out of the estimate and count it).
     """
     prefix = [int(t) for t in completion_prefix_ids]
     columns = dict(columns or {})
@@ -107,6 +122,7 @@ def reward_function_score(
         n = len(texts)
         repeated = {k: [v] * n for k, v in columns.items()}
         ids = [prefix + list(c) for c in continuations]
-        return list(reward_fn(prompts=[prompt] * n, completions=completions, completion_ids=ids, **repeated))
+        rewards = reward_fn(prompts=[prompt] * n, completions=completions, completion_ids=ids, **repeated)
+        return [as_score(r) for r in rewards]
 
     return score

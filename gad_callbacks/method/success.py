@@ -41,7 +41,10 @@ class SuccessEstimate:
     Targeted-rollout success estimates of the candidate tokens at one node.
 
     Candidates may hold different numbers of scored continuations (adaptive allocation, a rollout's own outcome
-    reused as a free sample): `scores` is then padded with NaN, which every statistic here reads as "no sample".
+    reused as a free sample, continuations the verifier could not score): `scores` is then padded with NaN, which
+    every statistic here reads as "no sample". An unscorable continuation is missing data, not a failure: counting it
+    as 0 would bias `S_hat_k` toward 0, while leaving it out keeps the mean of the scored ones unbiased (as long as
+    being unscorable does not depend on the outcome).
 
     Args:
         candidates (`torch.Tensor`):
@@ -56,6 +59,10 @@ class SuccessEstimate:
             Tokens decoded for these estimates (forced candidates excluded), the cost of the estimate.
         confidence (`float`, *optional*, defaults to `0.95`):
             Level of the intervals `lower` / `upper`.
+        unscorable (`torch.Tensor`, *optional*):
+            Per candidate, continuations decoded but left without a score (a NaN / infinite / `None` reward, or a
+            student whose logits turned non-finite mid-continuation), shape `[K]`; zeros when omitted. They are
+            not in `scores` nor `count`, but they were paid for.
     """
 
     candidates: torch.Tensor
@@ -63,11 +70,21 @@ class SuccessEstimate:
     truncated: torch.Tensor
     generated_tokens: int = 0
     confidence: float = 0.95
+    unscorable: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.unscorable is None:
+            self.unscorable = torch.zeros(self.scores.shape[0], dtype=torch.long)
 
     @property
     def count(self) -> torch.Tensor:
         """Scored continuations per candidate, shape `[K]`."""
         return (~torch.isnan(self.scores)).sum(dim=1)
+
+    @property
+    def decoded(self) -> int:
+        """Continuations behind the estimate, unscorable ones included (they were paid for)."""
+        return int(self.count.sum() + self.unscorable.sum())
 
     @property
     def mean(self) -> torch.Tensor:
@@ -118,6 +135,7 @@ class SuccessEstimate:
             self.truncated + other.truncated,
             self.generated_tokens + other.generated_tokens,
             self.confidence,
+            self.unscorable + other.unscorable,
         )
 
     def resample_means(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -153,10 +153,12 @@ def test_score_errors_are_value_errors():
         estimate_success(*args, raising)
     with pytest.raises(ValueError, match="exactly one score per continuation"):
         estimate_success(*args, lambda c: [1.0])
-    with pytest.raises(ValueError, match="non-finite"):
-        estimate_success(*args, lambda c: [float("nan")] * len(c))
-    with pytest.raises(ValueError, match="list of numbers"):
-        estimate_success(*args, lambda c: [None] * len(c))
+    # NaN / None scores are unscorable continuations (missing samples, counted), not errors.
+    for bad in (float("nan"), None):
+        est = estimate_success(*args, lambda c, bad=bad: [bad] * len(c))
+        assert est.count.tolist() == [0, 0] and est.unscorable.tolist() == [2, 2]
+    with pytest.raises(ValueError, match="score"):
+        estimate_success(*args, lambda c: ["yes"] * len(c))
     with pytest.raises(ValueError, match="empty"):
         estimate_success(model, torch.tensor([3, 4]), torch.tensor([], dtype=torch.long), 2, 2, lambda c: [])
     with pytest.raises(ValueError, match="Candidate ids"):

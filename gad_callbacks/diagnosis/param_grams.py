@@ -1,0 +1,99 @@
+"""Parameter-space products of one pass: the per-node Gram of candidate and teacher vectors, and rollout cosines.
+
+A node's vectors are `J^T e_k` for each candidate `k` and `J^T b_T` for each teacher `T` (`J`: the Jacobian of the
+node's logits in the chosen parameters). Every product the estimator needs is an entry of their Gram, so one
+segmented backward per rollout (`engine.vjp.parameter_gram`) serves all nodes of that rollout and every teacher at
+once; vectors are grouped so that at most `max_vectors` share a backward (probe memory).
+"""
+
+import torch
+
+from ..engine.vjp import parameter_gram
+from ..method.alignment import span_cosines
+from .results import RolloutAlignment
+
+
+def _vector_layout(nodes_of_seq, num_teachers, max_vectors):
+    """Row index of every vector of one rollout, and groups of vectors that need their mutual products."""
+    layout, groups, current, b = [], [], [], 0
+    for k in nodes_of_seq:
+        size = k + num_teachers
+        idx = list(range(b, b + size))
+        b += size
+        layout.append(idx)
+        if current and len(current) + size > max_vectors:
+            groups.append(current)
+            current = []
+        current = current + idx
+    groups.append(current)
+    return layout, groups
+
+
+def by_sequence(nodes):
+    out: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        out.setdefault(node.sequence, []).append(i)
+    return out
+
+
+def param_grams(model, sequences, nodes, prepared, names, config):
+    """
+    Per node: Gram of `[J^T e_k for k in K] + [J^T b_T]`. Per rollout: the whole Gram when all its nodes fit in one
+    backward group (the rollout-level cosine then needs no other pass), else None.
+    """
+    node_grams: list[torch.Tensor | None] = [None] * len(nodes)
+    rollout_grams: dict[int, tuple[torch.Tensor, list] | None] = {}
+    for seq, idxs in by_sequence(nodes).items():
+        vocab = prepared[idxs[0]]["student"].numel()
+        layout, groups = _vector_layout(
+            [prepared[i]["candidates"].numel() for i in idxs], len(names), config.max_vectors
+        )
+        cot = torch.zeros(layout[-1][-1] + 1, len(idxs), vocab)
+        for r, (i, rows) in enumerate(zip(idxs, layout, strict=True)):
+            cand = prepared[i]["candidates"]
+            cot[torch.tensor(rows[: cand.numel()]), r, cand] = 1.0
+            for t, name in enumerate(names):
+                cot[rows[cand.numel() + t], r] = prepared[i]["directions"][name]
+        positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
+        length = max(nodes[i].prefix_len for i in idxs)
+        gram = parameter_gram(
+            model, sequences[seq][:length], positions, cot, config.params, groups=groups, sketch_dim=config.sketch_dim
+        )
+        for i, rows in zip(idxs, layout, strict=True):
+            sel = torch.tensor(rows)
+            node_grams[i] = gram[sel[:, None], sel[None, :]]
+        rollout_grams[seq] = (gram, layout) if len(groups) == 1 else None
+    return node_grams, rollout_grams
+
+
+def rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_grams):
+    """`cos(sum_u g_ideal(u), sum_u g_T(u))` per rollout, from its Gram, or from one more backward when it was split."""
+    out = []
+    m = len(names)
+    for seq, idxs in by_sequence(nodes).items():
+        whole = rollout_grams[seq]
+        if whole is not None:
+            gram, layout = whole
+            ideal = torch.zeros(gram.shape[0], dtype=torch.float64)
+            teachers = torch.zeros(m, gram.shape[0], dtype=torch.float64)
+            for i, rows in zip(idxs, layout, strict=True):
+                k = prepared[i]["candidates"].numel()
+                ideal[torch.tensor(rows[:k])] = prepared[i]["a_k"]
+                for t in range(m):
+                    teachers[t, rows[k + t]] = 1.0
+            cos = span_cosines(gram, ideal[None], teachers)[0]
+        else:
+            vocab = prepared[idxs[0]]["student"].numel()
+            cot = torch.zeros(1 + m, len(idxs), vocab)
+            for r, i in enumerate(idxs):
+                cot[0, r] = prepared[i]["ideal"]
+                for t, name in enumerate(names):
+                    cot[1 + t, r] = prepared[i]["directions"][name]
+            positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
+            length = max(nodes[i].prefix_len for i in idxs)
+            gram = parameter_gram(
+                model, sequences[seq][:length], positions, cot, config.params, sketch_dim=config.sketch_dim
+            )
+            cos = span_cosines(gram, torch.eye(1 + m)[:1], torch.eye(1 + m)[1:])[0]
+        out.append(RolloutAlignment(seq, len(idxs), {n: float(c) for n, c in zip(names, cos, strict=True)}))
+    return out
