@@ -199,3 +199,23 @@ def test_resume_after_a_kill_mid_pause_has_each_step_once(tmp_path):
     keys = run_steps(run)
     assert len(keys) == len(read_records(run / "records"))  # no row twice
     assert {r["rollout_id"] for r in read_records(run / "records") if r["step"] == 5} == before
+
+
+def test_a_nan_teacher_costs_only_its_own_numbers(tmp_path):
+    import math
+
+    import torch
+
+    from tests.integration.helpers import TOKENIZER, tiny_lm
+
+    broken = tiny_lm(2)
+    with torch.no_grad():
+        broken.get_output_embeddings().weight[5] = float("nan")  # NaN logits at every position
+    trainer = distillation_trainer(tmp_path, steps=1)
+    cb = attach(trainer, config(alignment_self_contexts=[]), teachers={"broken": (broken, TOKENIZER)})
+    trainer.train()
+    assert cb.errors == 0 and cb.pauses == 1  # the pause was not thrown away
+    (run,) = find_runs(tmp_path)
+    rows = read_records(run / "records")
+    assert {r["undefined"] for r in rows if r["teacher"] == "broken"} == {"non_finite_teacher"}
+    assert any(not math.isnan(r["param_cos"]) for r in rows if r["teacher"] == "teacher")
