@@ -29,17 +29,18 @@ def tensorboard_tags(output_dir: Path) -> set[str]:
     return tags
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_recipe_runs_two_steps_on_the_default(tmp_path, recipe):
-    config, teachers = RECIPES[recipe]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    cmd = [
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+def recipe_command(recipe: str, output_dir: Path, *extra: str) -> list[str]:
+    """The recipe on its default config, shrunk to a few seconds per step."""
+    return [
         sys.executable,
         str(ROOT / "recipes" / f"{recipe}.py"),
         "--config",
-        str(ROOT / "configs" / config),
+        str(ROOT / "configs" / RECIPES[recipe][0]),
         "--output_dir",
-        str(tmp_path),
+        str(output_dir),
         "--max_steps",
         "2",
         "--logging_steps",
@@ -54,8 +55,15 @@ def test_recipe_runs_two_steps_on_the_default(tmp_path, recipe):
         "2",
         "--alignment_num_bootstrap",
         "20",
+        *extra,
     ]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_runs_two_steps_on_the_default(tmp_path, recipe):
+    teachers = RECIPES[recipe][1]
+    cmd = recipe_command(recipe, tmp_path)
+    done = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gad step 2:" in done.stdout + done.stderr
     (run,) = find_runs(tmp_path)  # one training run, under gad/<run_id>/
@@ -67,3 +75,28 @@ def test_recipe_runs_two_steps_on_the_default(tmp_path, recipe):
         assert f"train/gad/alignment/{teacher}/nodes" in tags
     assert "train/loss" in tags
     assert (tmp_path / "model.safetensors").is_file() or list(tmp_path.glob("*.safetensors"))
+
+
+def test_recipe_resumes_from_a_checkpoint_with_each_step_once(tmp_path):
+    first = recipe_command("distill_with_alignment", tmp_path, "--save_strategy", "steps", "--save_steps", "1")
+    done = subprocess.run(first, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = find_runs(tmp_path)
+    # Resume from step 1 (as after a crash at step 2) and go one step further: steps 2 and 3 are redone / new.
+    resumed = recipe_command(
+        "distill_with_alignment",
+        tmp_path,
+        "--resume_from_checkpoint",
+        str(tmp_path / "checkpoint-1"),
+        "--max_steps",
+        "3",
+    )
+    done = subprocess.run(resumed, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "gad step 1:" not in done.stdout + done.stderr  # resumed, not restarted at step 1
+    assert find_runs(tmp_path) == [run]  # the same run id
+    files = sorted(p.name for p in (run / "records").iterdir())
+    assert files == ["step_000001.parquet", "step_000002.parquet", "step_000003.parquet"]
+    rows = read_records(run / "records")
+    keys = [(r["step"], r["rollout_id"], r["position"], r["teacher"]) for r in rows]
+    assert len(keys) == len(set(keys))
