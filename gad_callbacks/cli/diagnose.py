@@ -10,10 +10,7 @@ written, so a failure midway leaves the previous run, if any, as it was.
 """
 
 import logging
-import os
-import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,10 +26,11 @@ from ..integration.config import GradientAlignmentConfig
 from ..outputs.files import atomic_write_text
 from ..outputs.metrics import pause_metrics
 from ..outputs.records import write_records
-from ..outputs.runs import clear_run_files, new_run_id, write_run_info
+from ..outputs.runs import new_run_id, write_run_info
 from ..outputs.tensorboard import AlignmentBoard
 from ..world.checkpoints import resolve_model
 from ..world.datasets import load_questions
+from .output_dir import claimed_output_dir, staged_run
 from .report import summarize_run
 
 
@@ -132,55 +130,6 @@ def check_device(device: str) -> None:
         raise ValueError(f"device {device!r} is not available ({reason}); use --device cpu.") from None
 
 
-# A run in an output directory: any of these means a new run there would mix with it.
-_RUN_MARKERS = ("run.json", "records", "rollouts", "tensorboard")
-
-
-def prepare_output_dir(out: Path, overwrite: bool) -> Path | None:
-    """
-    Check, before anything is computed, that `out` holds no run (unless `overwrite`) and is writable (created if
-    needed, a probe file written and removed). Returns the outermost directory created here, if any.
-    """
-    existing = [name + "/" * (out / name).is_dir() for name in _RUN_MARKERS if (out / name).exists()]
-    if existing and not overwrite:
-        raise ValueError(
-            f"output_dir {out} already holds a run ({', '.join(existing)}); pass --overwrite_output_dir true to "
-            "replace it, or choose another --output_dir."
-        )
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".gad-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise OSError(
-            f"output_dir {out} is not writable ({err.strerror or err}); choose another --output_dir."
-        ) from err
-    return missing[-1] if missing else None
-
-
-@contextmanager
-def staged_run(out: Path):
-    """
-    A staging directory inside `out` for the new run's files. When the block completes, the old run's files are
-    removed from `out` ([`clear_run_files`]) and the staged ones moved in; when it raises, the staging directory is
-    removed and `out` is left as it was.
-    """
-    stage = out / f".gad-staging-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)  # left by a killed process that had this pid
-    stage.mkdir()
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    clear_run_files(out)
-    for entry in stage.iterdir():
-        os.replace(entry, out / entry.name)
-    stage.rmdir()
-
-
 def load_model(spec: str, what: str, device: str):
     from transformers import AutoModelForCausalLM
 
@@ -201,18 +150,8 @@ def run_diagnose(args: DiagnoseArguments, gad: GradientAlignmentConfig) -> Path:
     """
     start = time.perf_counter()
     out = Path(args.output_dir)
-    created = prepare_output_dir(out, args.overwrite_output_dir)
-    try:
+    with claimed_output_dir(out, args.overwrite_output_dir):
         return _run(args, gad, out, start)
-    except BaseException:
-        # Nothing of this run is left: nor are the empty directories it created.
-        for directory in (out, *out.parents) if created is not None else ():
-            if not directory.is_dir() or any(directory.iterdir()):
-                break
-            directory.rmdir()
-            if directory == created:
-                break
-        raise
 
 
 def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start: float) -> Path:
@@ -251,8 +190,8 @@ def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start
     for name, spec in args.teacher_models.items():
         # The teacher's own tokenizer, compared token for token with the student's (a same-size vocabulary of other
         # tokens would give meaningless cosines).
-        teacher_tokenizer = load_tokenizer_of(name, None, resolve_model(spec))
         model = load_model(spec, f"teacher {name!r}", args.device)
+        teacher_tokenizer = load_tokenizer_of(name, model, resolve_model(spec))
         teachers.append(
             model_teacher(name, model, student, args.loss, tokenizer=teacher_tokenizer, student_tokenizer=tokenizer)
         )
@@ -297,7 +236,7 @@ def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start
     metrics = pause_metrics(result, names, gad.alignment_confidence, seed=args.run_seed)
     metrics["gad/seconds"] = time.perf_counter() - start
     run_id = new_run_id()
-    with staged_run(out) as stage:
+    with staged_run(out, args.overwrite_output_dir) as stage:
         write_records(result.rows, stage / "records", 0)
         write_records(result.rollouts, stage / "rollouts", 0)
         from torch.utils.tensorboard import SummaryWriter

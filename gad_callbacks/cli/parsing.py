@@ -9,6 +9,10 @@ from trl import TrlParser
 
 def _unknown_keys_error(message: str, where: str = "") -> ValueError:
     keys = sorted(set(re.findall(r"--([A-Za-z0-9_.-]+)", message)))
+    if not keys:  # a stray positional argument, not a key
+        stray = message.split(":", 1)[-1].strip()
+        stray = ", ".join(re.findall(r"'([^']*)'", stray)) or stray  # HfArgumentParser lists them as a Python list
+        return ValueError(f"unexpected argument(s){where}: {stray} (keys are given as --key value)")
     return ValueError(f"unknown config key(s){where}: {', '.join(keys)}")
 
 
@@ -35,6 +39,8 @@ def parse(dataclass_types, argv: list[str], prog: str | None = None):
     `--config FILE` sets defaults, `--key value` overrides them (TRL's semantics); unknown keys are errors, and so are
     abbreviations (`--num_q` is not taken for `--num_questions`). `--help` prints the keys and raises `SystemExit(0)`.
     """
+    # `--config=FILE` is the same as `--config FILE` (TrlParser only looks for the spaced form).
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" in argv:
         # TrlParser opens the file itself: check it first for an error that names the flag.
         at = argv.index("--config")

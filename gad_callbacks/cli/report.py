@@ -68,7 +68,9 @@ def summarize_run(
     confidence = saved.get("confidence", 0.95) if confidence is None else confidence
     seed = saved.get("seed", 0) if seed is None else seed
     records = to_node_records(found.rows)
-    rollouts = read_records(run_dir / "rollouts")
+    # The rollouts of a step whose record file was unreadable are left out with it: the totals stay consistent.
+    steps = {r.step for r in records}
+    rollouts = [r for r in read_records(run_dir / "rollouts") if r.get("step") in steps]
     run = aggregate(records, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap)
     return format_table(run, rollouts), render_html(records, rollouts, run, title=f"gad report — {run_id}")
 

@@ -7,6 +7,7 @@ themselves are compared.
 """
 
 import logging
+from pathlib import Path
 
 
 logger = logging.getLogger(__name__)
@@ -73,28 +74,41 @@ def check_tokenizers(name: str, teacher_tokenizer, student_tokenizer) -> None:
         )
 
 
+# Files one of which a directory must hold to have a tokenizer (transformers builds an empty one from a bare
+# config.json rather than failing, and an empty tokenizer would "differ" from every student's).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+
+
 def load_tokenizer_of(name: str, model, tokenizer_path: str | None = None):
     """
     The tokenizer saved with a teacher (`tokenizer_path`, else the model's `name_or_path`), or None with a warning
-    when there is none to load: then only the vocabulary size is checked.
+    when there is none: then only the vocabulary size is checked. A directory without tokenizer files, or a
+    tokenizer far smaller than the model's output layer, counts as none (a checkpoint saved without its tokenizer).
     """
     from transformers import AutoTokenizer
 
     path = tokenizer_path or getattr(model, "name_or_path", "") or ""
-    reason = "the model has no name_or_path"
-    if path:
+    tokenizer, reason = None, "the model has no name_or_path"
+    if path and Path(path).is_dir() and not any((Path(path) / f).is_file() for f in _TOKENIZER_FILES):
+        reason = f"{path} holds no tokenizer files"
+    elif path:
         try:
-            return AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    logger.warning(
-        "gad: cannot load the tokenizer of teacher %r to compare it with the student's (%s): only vocabulary sizes "
-        "are checked. Pass teachers={%r: (model, tokenizer)} to check it.",
-        name,
-        reason,
-        name,
-    )
-    return None
+    if tokenizer is not None and model is not None and len(tokenizer) < vocabulary_size(model) // 2:
+        tokenizer, reason = (
+            None,
+            f"the tokenizer at {path} has {len(tokenizer)} tokens for {vocabulary_size(model)} logits",
+        )
+    if tokenizer is None:
+        logger.warning(
+            "gad: cannot load the tokenizer of teacher %r to compare it with the student's (%s): only vocabulary "
+            "sizes are checked. Save the tokenizer with the teacher, or pass it with the teacher.",
+            name,
+            reason,
+        )
+    return tokenizer
 
 
 def check_template(context, row: dict) -> None:

@@ -15,7 +15,13 @@ import torch
 
 from ..engine.model_io import logits_at
 from .inputs import TeacherLoss
-from .teacher_checks import check_template, check_tokenizers, check_vocabulary, check_weights_loaded
+from .teacher_checks import (
+    check_template,
+    check_tokenizers,
+    check_vocabulary,
+    check_weights_loaded,
+    vocabulary_size,  # noqa: F401  (importable from here, as before 0.3)
+)
 
 
 @dataclass

@@ -176,8 +176,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         sources, engines = [], []  # engines of our own teachers; the trainer's are looked up at each pause
         if cfg.alignment_trainer_teacher:
             source = adapter.trainer_teacher(cfg.alignment_trainer_teacher)
-            if source.model is not self.student and getattr(source.model, "name_or_path", ""):
-                # An external teacher the trainer loaded: its tokenizer must be the student's too.
+            if source.model is not self.student:  # the trainer's external teacher: its tokenizer must match too
                 check_tokenizers(source.name, load_tokenizer_of(source.name, source.model), adapter.tokenizer)
             sources.append(source)
         for name, model in {**cfg.extra_teachers, **extra_models}.items():
@@ -186,7 +185,8 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
                 model, tokenizer = model
             if isinstance(model, str):
                 path = resolve_model(model)
-                model, tokenizer = self._load(path), tokenizer or load_tokenizer_of(name, None, path)
+                model = self._load(path)
+                tokenizer = tokenizer or load_tokenizer_of(name, model, path)
             elif tokenizer is None:
                 tokenizer = load_tokenizer_of(name, model)
             # Checked before DeepSpeed wraps it (shapes, weights and tokens are those the user gave).
@@ -254,7 +254,12 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             # was asked to restore callback states itself.
             saved = state.stateful_callbacks.get(type(self).__name__) if state.stateful_callbacks else None
             if isinstance(saved, list):
-                saved = saved[0] if saved else None
+                # Several of our callbacks on one trainer: transformers appends their states at every checkpoint
+                # (after those taken when training started), so the last `n` entries are the checkpoint's, in the
+                # order of the callbacks.
+                ours = [cb for cb in self.trainer.callback_handler.callbacks if type(cb) is type(self)]
+                index = next((i for i, cb in enumerate(ours) if cb is self), 0)
+                saved = saved[-len(ours) :][index] if len(saved) >= len(ours) > index else None
             for key, value in ((saved or {}).get("attributes") or {}).items():
                 if key in _STATE:
                     setattr(self, key, value)

@@ -44,6 +44,7 @@ class RunOutputs:
         self.write_records, self.histograms, self.confidence = write_records, histograms, confidence
         self.failures = 0
         self._board = None
+        self._resumed_at = None
 
     def _failed(self, what: str, step: int, err: Exception) -> None:
         self.failures += 1
@@ -57,6 +58,7 @@ class RunOutputs:
 
     def start(self, info: dict, resumed_at: int | None) -> None:
         """Create the run directory and its `run.json`; when resuming, drop the steps the resumed run redoes."""
+        self._resumed_at = resumed_at
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if resumed_at is not None:
@@ -88,12 +90,17 @@ class RunOutputs:
                 if own:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+                    # Resuming: TensorBoard drops the events the resumed run redoes (those after the checkpoint).
+                    purge = None if self._resumed_at is None else self._resumed_at + 1
+                    writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
                 self._board = AlignmentBoard(writer, self.teachers, write_scalars=own, histograms=self.histograms)
             self._board.log(step, metrics, result.rows)
         except Exception as err:
             self._failed("TensorBoard", step, err)
-        tqdm.write(console_line(step, metrics, self.teachers, self.confidence))
+        try:
+            tqdm.write(console_line(step, metrics, self.teachers, self.confidence))
+        except Exception as err:  # a closed or broken stdout
+            self._failed("the console line", step, err)
 
     def close(self) -> None:
         # The Trainer's TensorBoard callback closes its own writer; ours is closed here.

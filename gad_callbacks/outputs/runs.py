@@ -36,15 +36,19 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def read_run_info(run_dir: str | Path) -> dict:
-    """The content of `run_dir/run.json`; `{}` when there is none, or (with a warning) when it cannot be read."""
+def read_run_info(run_dir: str | Path, *, quiet: bool = False) -> dict:
+    """
+    The content of `run_dir/run.json`; `{}` when there is none, or when it cannot be read (with a warning, unless
+    `quiet`: the helpers that only sort or name runs read it quietly, so a report warns once).
+    """
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         return {}
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        logger.warning("gad: cannot read %s (%s): the run's settings and skip counts are unknown.", path, err)
+        if not quiet:
+            logger.warning("gad: cannot read %s (%s): the run's settings and skip counts are unknown.", path, err)
         return {}
     return info if isinstance(info, dict) else {}
 
@@ -57,7 +61,11 @@ def write_run_info(run_dir: str | Path, info: dict) -> Path:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    created = info.get("created") or read_run_info(run_dir).get("created") or datetime.now().astimezone().isoformat()
+    created = (
+        info.get("created")
+        or read_run_info(run_dir, quiet=True).get("created")
+        or datetime.now().astimezone().isoformat()
+    )
     content = {"run_id": info.get("run_id") or run_dir.name, "created": created}
     content.update({k: v for k, v in info.items() if k not in content})
     return atomic_write_text(run_dir / "run.json", json.dumps(content, indent=2, default=str))
@@ -75,12 +83,12 @@ def is_run_dir(path: str | Path) -> bool:
 
 def run_id_of(run_dir: str | Path) -> str:
     """The run's id: `run_id` in its `run.json`, else the directory's name."""
-    return str(read_run_info(run_dir).get("run_id") or Path(run_dir).name)
+    return str(read_run_info(run_dir, quiet=True).get("run_id") or Path(run_dir).name)
 
 
 def _created(run_dir: Path) -> float:
     """When the run was created: `created` in `run.json`, else the modification time of its oldest marker."""
-    created = read_run_info(run_dir).get("created")
+    created = read_run_info(run_dir, quiet=True).get("created")
     if created:
         try:
             return datetime.fromisoformat(str(created)).timestamp()

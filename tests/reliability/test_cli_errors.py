@@ -146,3 +146,55 @@ def test_diagnose_with_every_node_skipped_keeps_the_run_and_says_why(tmp_path, c
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gad: error:")]
     assert len(errors) == 1 and "zero node rows; skipped: verifier_error=2" in errors[0]
     assert sorted(p.name for p in out.iterdir()) == ["records", "rollouts", "run.json", "tensorboard"]
+
+
+def test_a_running_diagnose_holds_its_output_dir(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".gad-lock").write_text(str(os.getpid()))  # a live process holds it
+    assert main(["diagnose", *SMALL, "--output_dir", str(out)]) == 2
+    assert "in use by another gad diagnose" in one_error_line(capsys)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".gad-lock").write_text(dead.stdout.strip())  # left by a process that died: taken over
+    assert main(["diagnose", *SMALL, "--output_dir", str(out)]) == 0
+    assert not (out / ".gad-lock").exists() and (out / "run.json").is_file()
+
+
+def test_stray_arguments_missing_teachers_and_config_equals(tmp_path, capsys):
+    assert main(["diagnose", "stray", "--output_dir", str(tmp_path / "a")]) == 2
+    assert one_error_line(capsys) == "gad: error: unexpected argument(s): stray (keys are given as --key value)"
+    assert main(["diagnose", *SMALL, "--teachers", "t=/nonexistent", "--output_dir", str(tmp_path / "b")]) == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gad")]
+    assert len(line) == 1 and "teacher 't'" in line[0] and "/nonexistent" in line[0]  # no tokenizer warning first
+    config = tmp_path / "c.yaml"
+    config.write_text("num_questions: 1\nnum_q: 2\n")
+    assert main(["diagnose", f"--config={config}", "--output_dir", str(tmp_path / "c")]) == 2
+    assert "num_q" in one_error_line(capsys)  # the file was read (same as --config FILE)
+
+
+def test_a_torn_step_drops_its_rollouts_from_the_totals(tmp_path, capsys):
+    from tests.outputs.test_aggregate import make_rows
+
+    for step in (0, 1):
+        write_records(make_rows(questions=3, nodes=2, step=step), tmp_path / "records", step)
+        rollouts = [
+            {
+                "step": step,
+                "rollout_id": f"{step}-{q}",
+                "question_id": q,
+                "prompt_text": "p",
+                "completion_tokens": ["a"],
+                "reward": 1.0,
+                "correct": True,
+            }
+            for q in range(3)
+        ]
+        write_records(rollouts, tmp_path / "rollouts", step)
+    torn = tmp_path / "records" / "step_000001.parquet"
+    torn.write_bytes(torn.read_bytes()[:-50])
+    assert main(["report", str(tmp_path)]) == 0
+    assert "3 rollouts diagnosed" in capsys.readouterr().out

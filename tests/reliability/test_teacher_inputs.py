@@ -150,3 +150,25 @@ def test_cli_warns_about_an_empty_completion_budget(tmp_path, capsys, caplog):
         code = main(["diagnose", *SMALL, "--max_completion_length", "0", "--output_dir", str(tmp_path / "o")])
     assert "max_completion_length is 0" in caplog.text
     assert code == 2 and "zero node rows; skipped: empty_rollout=2" in capsys.readouterr().err
+
+
+def test_a_teacher_saved_without_its_tokenizer_falls_back_to_the_size_check(tmp_path, caplog):
+    """transformers builds an empty tokenizer from a bare checkpoint: that must not read as 'another tokenizer'."""
+    from gad_callbacks.cli import main
+    from tests.reliability.test_files_and_runs import SMALL
+
+    bare = tmp_path / "bare"
+    tiny_lm(2).save_pretrained(bare)  # weights and config only
+    trainer = distillation_trainer(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        cb = GradientAlignmentCallback(trainer, config(), teachers={"bare": str(bare)}, reward_func=parity_reward)
+    assert "bare" in [t.name for t in cb.teachers]
+    assert "holds no tokenizer files" in caplog.text
+
+    from transformers import AutoModelForCausalLM
+
+    from gad_callbacks.world.checkpoints import resolve_model
+
+    AutoModelForCausalLM.from_pretrained(resolve_model("default:teacher")).save_pretrained(tmp_path / "t")
+    out = tmp_path / "out"
+    assert main(["diagnose", *SMALL, "--teachers", f"t={tmp_path / 't'}", "--output_dir", str(out)]) == 0

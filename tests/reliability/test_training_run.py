@@ -219,3 +219,39 @@ def test_a_nan_teacher_costs_only_its_own_numbers(tmp_path):
     rows = read_records(run / "records")
     assert {r["undefined"] for r in rows if r["teacher"] == "broken"} == {"non_finite_teacher"}
     assert any(not math.isnan(r["param_cos"]) for r in rows if r["teacher"] == "teacher")
+
+
+def test_a_broken_console_is_a_counted_skip(tmp_path, monkeypatch):
+    class BrokenConsole:  # our console only: the trainer's own progress printing stays as it is
+        @staticmethod
+        def write(*args, **kwargs):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(run_outputs, "tqdm", BrokenConsole)
+    trainer = distillation_trainer(tmp_path, steps=2)
+    cb = attach(trainer, config(alignment_self_contexts=[]))
+    trainer.train()  # must not raise
+    assert cb.pauses == 2 and cb.output_errors == 2
+
+
+def test_two_callbacks_on_one_trainer_resume_their_own_runs(tmp_path):
+    """transformers appends the states of same-type callbacks at every checkpoint: each must find its own."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def build(steps):
+        trainer = distillation_trainer(tmp_path, steps=steps, save_strategy="steps", save_steps=2, report_to="none")
+        return trainer, [attach(trainer, config(alignment_self_contexts=[], alignment_seed=s)) for s in (0, 1)]
+
+    first, callbacks = build(4)
+    first.train()
+    ids = [cb.run_id for cb in callbacks]
+    resumed, again = build(4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert [cb.run_id for cb in again] == ids and [cb.pauses for cb in again] == [4, 4]
+    assert sorted(run.name for run in find_runs(tmp_path)) == sorted(ids)
+    for run in find_runs(tmp_path):
+        assert steps_in(run) == [1, 2, 3, 4]
+        # The callback's own TensorBoard events: the steps the resumed run redid are not there twice.
+        acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("train/gad/nodes")] == [1, 2, 3, 4]
