@@ -39,14 +39,15 @@ class PassSettings:
 
     Args:
         nodes_per_rollout (`int`, *optional*, defaults to `4`): Nodes per rollout.
-        node_strategy (`str`, *optional*, defaults to `"uniform"`): `"uniform"`, `"entropy"` or `"depth_windows"`.
+        node_strategy (`str`, *optional*, defaults to `"entropy"`): `"entropy"`, `"uniform"` or `"depth_windows"`
+            (the callback's and the CLI's default too: see `GradientAlignmentConfig.alignment_node_strategy`).
         correct_threshold (`float`, *optional*, defaults to `0.5`): Reward at or above which a rollout is correct.
         max_completion_length (`int`, *optional*): The completion budget; a node at position `t` gets
             `max_completion_length - t - 1` tokens of targeted continuation (the student's own remaining budget).
     """
 
     nodes_per_rollout: int = 4
-    node_strategy: str = "uniform"
+    node_strategy: str = "entropy"
     correct_threshold: float = 0.5
     max_completion_length: int | None = None
 
