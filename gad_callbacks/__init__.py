@@ -6,6 +6,7 @@ from .diagnosis import (
     DiagnosisConfig,
     Node,
     NodeDiagnosis,
+    PassResult,
     PassSettings,
     Rollout,
     RolloutAlignment,
@@ -13,13 +14,25 @@ from .diagnosis import (
     TeacherAlignment,
     TeacherLoss,
     TeacherSource,
+    context_teacher,
     diagnose_node,
     diagnose_nodes,
     diagnose_rollouts,
+    model_teacher,
     pooled_alignment,
+    sample_rollouts,
+    tokenize_prompts,
 )
+from .engine.reward_funcs import build_reward_func
 from .engine.rollouts import RolloutRequest, estimate_success, rollout_requests
-from .engine.verifiers import NumericAnswerReward, extract_final_number, reward_function_score
+from .engine.verifiers import (
+    ChoiceAnswerReward,
+    ExactMatchReward,
+    NumericAnswerReward,
+    RegexMatchReward,
+    extract_final_number,
+    reward_function_score,
+)
 from .engine.vjp import parameter_cosines, parameter_gram
 from .integration.callback import GradientAlignmentCallback
 from .integration.config import GradientAlignmentConfig
@@ -27,11 +40,24 @@ from .method.directions import distillation_direction, distillation_loss, ideal_
 from .method.nodes import candidate_set, entropy, select_nodes
 from .method.stats import Summary, paired_difference, pooled_ratio, summarize
 from .method.success import SuccessEstimate
+from .outputs.aggregate import aggregate
+from .outputs.summary import format_table
 
 
 __version__ = "0.3.0"
 
 __all__ = [
+    "ChoiceAnswerReward",
+    "ExactMatchReward",
+    "PassResult",
+    "RegexMatchReward",
+    "aggregate",
+    "build_reward_func",
+    "context_teacher",
+    "format_table",
+    "model_teacher",
+    "sample_rollouts",
+    "tokenize_prompts",
     "Diagnosis",
     "DiagnosisConfig",
     "GradientAlignmentCallback",

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..diagnosis import Rollout, TeacherLoss, context_teacher, diagnose_rollouts, model_teacher
+from ..diagnosis import TeacherLoss, context_teacher, diagnose_rollouts, model_teacher
+from ..diagnosis.sampling import sample_rollouts, tokenize_prompts
 from ..diagnosis.teacher_checks import load_tokenizer_of
 from ..diagnosis.teachers import parse_named_models
-from ..engine.model_io import eos_token_ids
-from ..engine.rollouts import sample_completions
-from ..engine.verifiers import NumericAnswerReward
+from ..engine.reward_funcs import check_reward_dataset
 from ..integration.config import GradientAlignmentConfig
 from ..outputs.files import atomic_write_text
 from ..outputs.metrics import pause_metrics
@@ -48,8 +47,10 @@ class DiagnoseArguments:
         teachers (`list[str]`, *optional*, defaults to `["teacher=default:teacher"]`):
             External teachers as `"name=model"`.
         dataset (`str`, *optional*, defaults to `"default:arithmetic"`):
-            `default:arithmetic` (generated in code), a `.json` / `.jsonl` / `.parquet` / `.csv` file, or a Hub dataset id,
-            with a `prompt` column (text or messages) and the columns the verifier and contexts use.
+            `default:arithmetic` (generated in code), a `.json` / `.jsonl` / `.parquet` / `.csv` file, or a Hub
+            dataset id, with a `prompt` column (text or messages) or a `messages` column (its final assistant message
+            is the answer, not part of the prompt), and the columns the verifiers (`alignment_reward_funcs`) and
+            contexts read; missing ones are an error before any model loads.
         num_questions (`int`, *optional*, defaults to `24`):
             Questions taken from the dataset (the first ones).
         rollouts_per_question (`int`, *optional*, defaults to `2`):
@@ -160,12 +161,8 @@ def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start
     # Cheap checks first: a wrong dataset column should not wait for models to load.
     dataset = load_questions(args.dataset, args.num_questions, seed=args.run_seed)
     columns = list(dataset.column_names)
-    reward = NumericAnswerReward(gad.alignment_answer_column)
-    if reward.answer_column not in columns:
-        raise ValueError(
-            f"dataset has no column {reward.answer_column!r} with reference answers (columns: {columns}); "
-            "set alignment_answer_column."
-        )
+    reward = gad.reward_func  # `alignment_reward_funcs`, resolved (and checked) when the config was parsed
+    check_reward_dataset(reward, dataset)
     for context in gad.self_contexts:
         missing = context.fields() - {"prompt"} - set(columns)
         if missing:
@@ -175,16 +172,8 @@ def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start
     student = load_model(args.student, "student", args.device)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.student))
 
-    def tokenize_prompts(prompts):
-        ids = []
-        for p in prompts:
-            if isinstance(p, list):
-                ids.append(
-                    list(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)["input_ids"])
-                )
-            else:
-                ids.append(tokenizer(p, add_special_tokens=False)["input_ids"])
-        return ids
+    def tokenize(prompts):
+        return tokenize_prompts(tokenizer, prompts)  # as TRL's DistillationTrainer: chat template or plain call
 
     teachers = []
     for name, spec in args.teacher_models.items():
@@ -195,8 +184,9 @@ def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start
         teachers.append(
             model_teacher(name, model, student, args.loss, tokenizer=teacher_tokenizer, student_tokenizer=tokenizer)
         )
+    # No training happens here: the student's weights are its base weights, so a `base` context needs no copy.
     teachers += [
-        context_teacher(c, student, tokenize_prompts, args.loss, columns, example_row=dataset[0])
+        context_teacher(c, student, tokenize, args.loss, columns, base_model=student, example_row=dataset[0])
         for c in gad.self_contexts
     ]
     if not teachers:
@@ -205,21 +195,15 @@ def _run(args: DiagnoseArguments, gad: GradientAlignmentConfig, out: Path, start
     if len(set(names)) != len(names):
         raise ValueError(f"teacher and context names must be unique, got {names}.")
 
-    rows = [dataset[i] for i in range(len(dataset))]
-    prompt_ids = tokenize_prompts([r["prompt"] for r in rows])
-    order = [i for i in range(len(rows)) for _ in range(args.rollouts_per_question)]
-    generator = torch.Generator(device=args.device).manual_seed(args.run_seed)
-    completions = sample_completions(
+    rollouts = sample_rollouts(
         student,
-        [prompt_ids[i] for i in order],
-        args.max_completion_length,
+        tokenizer,
+        dataset,
+        rollouts_per_question=args.rollouts_per_question,
+        max_completion_length=args.max_completion_length,
         temperature=args.sampling_temperature,
-        eos_token_id=eos_token_ids(student, tokenizer),
-        generator=generator,
+        seed=args.run_seed,
     )
-    rollouts = [
-        Rollout(rows[i]["prompt"], prompt_ids[i], c, rows[i], i) for i, c in zip(order, completions, strict=True)
-    ]
     diag = gad.diagnosis(args.max_completion_length, args.sampling_temperature)
     diag.seed = args.run_seed
     result = diagnose_rollouts(

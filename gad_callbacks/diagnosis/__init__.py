@@ -5,6 +5,7 @@ from .inputs import DiagnosisConfig, Node, TeacherLoss
 from .pooling import pooled_alignment
 from .results import Diagnosis, NodeDiagnosis, RolloutAlignment, TeacherAlignment
 from .rollout_pass import PassResult, PassSettings, diagnose_rollouts, verify_rollout
+from .sampling import sample_rollouts, tokenize_prompts
 from .teachers import Rollout, SelfContext, TeacherSource, context_teacher, model_teacher
 
 
@@ -27,5 +28,7 @@ __all__ = [
     "diagnose_rollouts",
     "model_teacher",
     "pooled_alignment",
+    "sample_rollouts",
+    "tokenize_prompts",
     "verify_rollout",
 ]

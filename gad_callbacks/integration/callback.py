@@ -28,7 +28,7 @@ from transformers.trainer_callback import ExportableState
 from ..diagnosis import PassResult, TeacherSource, context_teacher, diagnose_rollouts, model_teacher
 from ..diagnosis.rollout_pass import merge_results
 from ..diagnosis.teacher_checks import check_tokenizers, check_vocabulary, check_weights_loaded, load_tokenizer_of
-from ..engine.verifiers import NumericAnswerReward
+from ..engine.reward_funcs import check_reward_dataset
 from ..method.streams import derive_seed
 from ..outputs.metrics import pause_metrics
 from ..outputs.runs import new_run_id
@@ -103,8 +103,9 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self_contexts (`list[SelfContext]`, *optional*):
             Extra self-distillation contexts, besides `config.alignment_self_contexts`.
         reward_func (`Callable`, *optional*):
-            TRL-style reward function `f(prompts, completions, **columns) -> list[float]` verifying completions;
-            defaults to the built-in numeric-answer verifier on `config.alignment_answer_column`.
+            TRL-style reward function `f(prompts, completions, **columns) -> list[float | None]` verifying
+            completions; defaults to `config.alignment_reward_funcs` (the built-in numeric verifier on
+            `config.alignment_answer_column` unless set).
 
     Example:
 
@@ -149,15 +150,9 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
                 "(configs/accelerate/deepspeed_zero3.yaml) or plain data parallelism."
             )
         self.student = trainer.accelerator.unwrap_model(trainer.model)
-        self.reward_func = reward_func or NumericAnswerReward(self.config.alignment_answer_column)
-        if (
-            isinstance(self.reward_func, NumericAnswerReward)
-            and self.reward_func.answer_column not in self.adapter.dataset.column_names
-        ):
-            raise ValueError(
-                f"The training dataset has no column {self.reward_func.answer_column!r} with reference answers "
-                f"(columns: {self.adapter.dataset.column_names}). Set alignment_answer_column, or pass reward_func."
-            )
+        # A Python callable wins over the config's `alignment_reward_funcs`; either is checked against the dataset.
+        self.reward_func = reward_func or self.config.reward_func
+        check_reward_dataset(self.reward_func, self.adapter.dataset)
         self.teachers = self._build_teachers(teachers or {}, self_contexts or [])
         for warning in self.adapter.sampling_warnings():
             logger.warning("gad: %s.", warning)

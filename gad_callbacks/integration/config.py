@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ..diagnosis import DiagnosisConfig, PassSettings, SelfContext
 from ..diagnosis.teachers import parse_named_models
+from ..engine.reward_funcs import build_reward_func
 from ..method.nodes import STRATEGIES
 
 
@@ -86,9 +87,21 @@ class GradientAlignmentConfig:
             Level of every interval.
         alignment_correct_threshold (`float`, *optional*, defaults to `0.5`):
             A rollout whose reward is at least this counts as correct (for the correct / incorrect split).
+        alignment_reward_funcs (`list[str]`, *optional*, defaults to `["numeric"]`):
+            Verifiers of rollouts and targeted rollouts, as TRL's GRPO script takes `reward_funcs`. Each entry is a
+            built-in verifier reading `alignment_answer_column`: `"numeric"` (final number equals the reference),
+            `"choice"` (first yes/no or option-letter answer equals the reference), `"exact"` (whole completion
+            equals the reference, up to case and whitespace), `"regex"` (the reference is a regular expression found
+            in the completion); a reward function of `trl.rewards` by name (e.g. `"think_format_reward"`); or the
+            dotted import path of a function `f(prompts, completions, **columns) -> list[float | None]` (e.g.
+            `"my_lib.rewards.custom_reward"`). Several entries are summed as GRPO sums them, leaving out `None`s; a
+            completion every function returns `None` for is unscorable. Unknown names are errors at start-up. A
+            `reward_func` passed to [`GradientAlignmentCallback`] replaces them.
+        alignment_reward_weights (`list[float]`, *optional*):
+            One weight per `alignment_reward_funcs` entry in that sum (GRPO's `reward_weights`); 1.0 each when unset.
         alignment_answer_column (`str`, *optional*, defaults to `"answer"`):
-            Dataset column with the reference answer (used by the built-in numeric verifier and available to reward
-            functions).
+            Dataset column with the reference answer (read by the built-in verifiers; every column is available to
+            reward functions).
         alignment_trainer_teacher (`str`, *optional*, defaults to `"teacher"`):
             Name of the trainer's own teacher in metrics; empty to leave it out.
         alignment_extra_teachers (`list[str]`, *optional*, defaults to `[]`):
@@ -141,6 +154,16 @@ class GradientAlignmentConfig:
     alignment_correct_threshold: float = field(
         default=0.5, metadata={"help": "Reward at or above which a rollout is correct."}
     )
+    alignment_reward_funcs: list[str] = field(
+        default_factory=lambda: ["numeric"],
+        metadata={
+            "help": "Verifiers: numeric, choice, exact, regex, a trl.rewards function name, or a dotted import path "
+            "(my_lib.rewards.fn); several are summed."
+        },
+    )
+    alignment_reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per alignment_reward_funcs entry (default: 1.0 each)."}
+    )
     alignment_answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
     alignment_trainer_teacher: str = field(
         default="teacher", metadata={"help": "Name of the trainer's own teacher; empty to leave it out."}
@@ -165,6 +188,15 @@ class GradientAlignmentConfig:
             raise ValueError(
                 f"alignment_node_strategy must be one of {STRATEGIES}, got {self.alignment_node_strategy!r}."
             )
+        # A YAML scalar (`alignment_reward_funcs: choice`) is a one-entry list, as on the command line.
+        if isinstance(self.alignment_reward_funcs, str):
+            self.alignment_reward_funcs = [self.alignment_reward_funcs]
+        if isinstance(self.alignment_reward_weights, (int, float)):
+            self.alignment_reward_weights = [float(self.alignment_reward_weights)]
+        # Resolved now: an unknown name or an unimportable path fails at start-up, not at the first pause.
+        self.reward_func = build_reward_func(
+            self.alignment_reward_funcs, self.alignment_answer_column, self.alignment_reward_weights
+        )
         self.self_contexts = [SelfContext.parse(s) for s in self.alignment_self_contexts]
         self.extra_teachers = parse_named_models(self.alignment_extra_teachers, "alignment_extra_teachers")
         names = [c.name for c in self.self_contexts] + list(self.extra_teachers)

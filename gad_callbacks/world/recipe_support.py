@@ -27,7 +27,9 @@ class DataArguments:
     """
     Parameters:
         dataset_name (`str`, *optional*, defaults to `"default:arithmetic"`):
-            `default:arithmetic` (embedded, no download), a json/jsonl/parquet file, or a Hub dataset id.
+            `default:arithmetic` (embedded, no download), a json/jsonl/parquet/csv file, or a Hub dataset id, with a
+            `prompt` column (text or messages) or a `messages` column (its final assistant message is the answer, not
+            part of the prompt), and the columns the verifiers (`alignment_reward_funcs`) read.
         dataset_config (`str`, *optional*):
             Hub dataset configuration (e.g. `main` for `openai/gsm8k`).
         dataset_train_split (`str`, *optional*, defaults to `"train"`):
