@@ -10,13 +10,14 @@ from tokenizers.processors import TemplateProcessing
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
 from gad_callbacks.cli import diagnose as diagnose_module
 from gad_callbacks.cli import main
+from gad_callbacks.diagnosis.sampling import tokenize_prompts
 from gad_callbacks.engine.verifiers import ChoiceAnswerReward, NumericAnswerReward
 from gad_callbacks.outputs.records import read_records
 from gad_callbacks.world import build_tokenizer
-from gad_callbacks.diagnosis.sampling import tokenize_prompts
 from gad_callbacks.world.datasets import load_questions
 from tests.engine import reward_module
 from tests.integration.helpers import distillation_trainer, parity_reward
+from tests.reliability.test_files_and_runs import SMALL
 
 
 YES_NO = [
@@ -24,22 +25,8 @@ YES_NO = [
     {"prompt": "Is 4 odd? Answer yes or no.", "answer": "No"},
     {"prompt": "Is 10 greater than 3? Answer yes or no.", "answer": "Yes."},
 ]
-TINY = [
-    "--num_questions",
-    "3",
-    "--rollouts_per_question",
-    "1",
-    "--alignment_targeted_rollouts",
-    "2",
-    "--alignment_nodes_per_rollout",
-    "1",
-    "--max_completion_length",
-    "8",
-    "--alignment_num_bootstrap",
-    "0",
-    "--alignment_max_candidates",
-    "3",
-]
+# The reliability tests' small run, on 3 questions, without interval search and with few candidates.
+TINY = ["--num_questions", "3", *SMALL[2:], "--alignment_num_bootstrap", "0", "--alignment_max_candidates", "3"]
 
 
 def write_jsonl(path, rows):
