@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from trl import DistillationConfig, DistillationTrainer  # noqa: E402
 
+from benchmarks.common import CPU_TRAINING  # noqa: E402
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig  # noqa: E402
 from gad_callbacks.world import make_dataset  # noqa: E402
 from gad_callbacks.world.checkpoints import resolve_model  # noqa: E402
@@ -38,12 +39,7 @@ def run(with_callback: bool):
             output_dir=out,
             max_steps=STEPS,
             per_device_train_batch_size=8,
-            bf16=False,
-            use_cpu=True,
-            report_to="none",
-            logging_steps=1,
-            save_strategy="no",
-            gradient_checkpointing=False,
+            **CPU_TRAINING,
             max_completion_length=64,
             seed=0,
         )

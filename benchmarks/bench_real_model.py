@@ -37,6 +37,8 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback, ProgressCallback  # noqa: E402
 
+from benchmarks.common import CPU_TRAINING  # noqa: E402
+
 
 CONTEXT = "answer:base={prompt} The answer is {answer}."
 
@@ -89,12 +91,7 @@ def build_trainer(model_path, out, steps, batch, completion, seed=0):
         per_device_train_batch_size=batch,
         max_completion_length=completion,
         learning_rate=1e-4,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False,
+        **CPU_TRAINING,
         disable_tqdm=True,
         seed=seed,
     )

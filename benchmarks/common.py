@@ -12,6 +12,17 @@ import torch  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 
+#: The training arguments every trainer benchmark shares: CPU, float32, no logging backend, no checkpoints.
+CPU_TRAINING = dict(
+    bf16=False,
+    use_cpu=True,
+    report_to="none",
+    logging_steps=1,
+    save_strategy="no",
+    gradient_checkpointing=False,
+)
+
+
 def bench_model(hidden=128, layers=4, vocab=512, intermediate=None, seed=0, device="cpu"):
     """A Qwen2-architecture model, randomly initialised: big enough that compute, not Python, dominates."""
     torch.manual_seed(seed)
