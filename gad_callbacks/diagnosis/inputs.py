@@ -126,6 +126,16 @@ class DiagnosisConfig:
             Adaptive allocation stops a node once all its parameter-space intervals are at most this wide.
         allocation_rounds (`int`, *optional*, defaults to `3`):
             Rounds after the first under adaptive allocation.
+        screen_rollouts (`int`, *optional*, defaults to `1`):
+            Uniform allocation: targeted rollouts per candidate spent first, to screen the node. A node whose screening
+            continuations all end the same way (all right or all wrong: most often a node whose outcome is already
+            settled) is stopped there, except with probability `screen_keep`, when it gets its remaining rollouts and
+            weight `1 / screen_keep` in pooled alignment and in means (Russian roulette: the pooled sums keep their
+            exact unbiasedness, see `_screen` in `diagnosis/diagnose.py`). A stopped node is flat (its pooled terms
+            are 0, it still counts), has no parameter-space interval and costs no parameter-space backward. `0`
+            turns screening off.
+        screen_keep (`float`, *optional*, defaults to `0.25`):
+            Probability that a node whose screening rollouts all ended the same way is finished anyway.
         reuse_observed (`bool`, *optional*, defaults to `False`):
             Count the rollout's own verified outcome as one more sample of its sampled token. Off by default: node
             selection looks at the rollout's continuation (its length, and its entropies under `"entropy"`), so that
@@ -153,6 +163,8 @@ class DiagnosisConfig:
     min_rollouts: int = 4
     target_width: float = 0.5
     allocation_rounds: int = 3
+    screen_rollouts: int = 1
+    screen_keep: float = 0.25
     reuse_observed: bool = False
     eos_token_id: list[int] | None = None
 
@@ -174,6 +186,8 @@ class DiagnosisConfig:
             "min_rollouts": self.min_rollouts >= 2,
             "target_width": 0 <= self.target_width <= 2,
             "allocation_rounds": self.allocation_rounds >= 0,
+            "screen_rollouts": self.screen_rollouts >= 0,
+            "screen_keep": 0 < self.screen_keep <= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

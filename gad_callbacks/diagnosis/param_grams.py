@@ -36,22 +36,34 @@ def by_sequence(nodes):
     return out
 
 
+def _candidates_in_gram(prep) -> torch.Tensor:
+    """The candidates that get a parameter-space vector: none at a node stopped by screening (its ideal is flat)."""
+    return prep["candidates"][:0] if prep.get("screened_out") else prep["candidates"]
+
+
 def param_grams(model, sequences, nodes, prepared, names, config):
     """
-    Per node: Gram of `[J^T e_k for k in K] + [J^T b_T]`. Per rollout: the whole Gram when all its nodes fit in one
-    backward group (the rollout-level cosine then needs no other pass), else None.
+    Per node: Gram of `[J^T e_k for k in K] + [J^T b_T]` (candidate rows NaN at a node stopped by screening, which
+    has no candidate vectors). Per rollout: the whole Gram when all its nodes fit in one backward group (the
+    rollout-level cosine then needs no other pass), else None.
     """
     node_grams: list[torch.Tensor | None] = [None] * len(nodes)
     rollout_grams: dict[int, tuple[torch.Tensor, list] | None] = {}
+    m = len(names)
     for seq, idxs in by_sequence(nodes).items():
         vocab = prepared[idxs[0]]["student"].numel()
-        layout, groups = _vector_layout(
-            [prepared[i]["candidates"].numel() for i in idxs], len(names), config.max_vectors
-        )
+        sizes = [_candidates_in_gram(prepared[i]).numel() for i in idxs]
+        if sum(sizes) + m == 0:  # every node stopped by screening and no teacher: no vector at all
+            for i in idxs:
+                k = prepared[i]["candidates"].numel()
+                node_grams[i] = torch.full((k, k), float("nan"), dtype=torch.float64)
+            rollout_grams[seq] = (torch.zeros(0, 0, dtype=torch.float64), [[] for _ in idxs])
+            continue
+        layout, groups = _vector_layout(sizes, m, config.max_vectors)
         cot = torch.zeros(layout[-1][-1] + 1, len(idxs), vocab)
         for r, (i, rows) in enumerate(zip(idxs, layout, strict=True)):
-            cand = prepared[i]["candidates"]
-            cot[torch.tensor(rows[: cand.numel()]), r, cand] = 1.0
+            cand = _candidates_in_gram(prepared[i])
+            cot[torch.tensor(rows[: cand.numel()], dtype=torch.long), r, cand] = 1.0
             for t, name in enumerate(names):
                 cot[rows[cand.numel() + t], r] = prepared[i]["directions"][name]
         positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])
@@ -61,7 +73,10 @@ def param_grams(model, sequences, nodes, prepared, names, config):
         )
         for i, rows in zip(idxs, layout, strict=True):
             sel = torch.tensor(rows)
-            node_grams[i] = gram[sel[:, None], sel[None, :]]
+            k = prepared[i]["candidates"].numel()
+            node_grams[i] = torch.full((k + m, k + m), float("nan"), dtype=gram.dtype)
+            own = torch.arange(k + m - len(rows), k + m)  # the candidates' rows come first, or not at all
+            node_grams[i][own[:, None], own[None, :]] = gram[sel[:, None], sel[None, :]]
         rollout_grams[seq] = (gram, layout) if len(groups) == 1 else None
     return node_grams, rollout_grams
 
@@ -77,8 +92,9 @@ def rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_gr
             ideal = torch.zeros(gram.shape[0], dtype=torch.float64)
             teachers = torch.zeros(m, gram.shape[0], dtype=torch.float64)
             for i, rows in zip(idxs, layout, strict=True):
-                k = prepared[i]["candidates"].numel()
-                ideal[torch.tensor(rows[:k])] = prepared[i]["a_k"]
+                k = len(rows) - m  # 0 at a node stopped by screening: its ideal is flat
+                if k:
+                    ideal[torch.tensor(rows[:k])] = prepared[i]["a_k"]
                 for t in range(m):
                     teachers[t, rows[k + t]] = 1.0
             cos = span_cosines(gram, ideal[None], teachers)[0]

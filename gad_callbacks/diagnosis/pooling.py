@@ -9,7 +9,8 @@ squared norms (each node carries both terms, see `method/alignment.py`), which i
 Nodes weigh by how much success is at stake there (the norm of their ideal gradient); with equal norms it is the
 plain mean cosine. Nodes where the ideal is flat count (their numerator is 0, their norm term is kept): dropping
 them would bias the pool upward. Nodes where the teacher is undefined (no signal, equal to the student) are left out
-and counted.
+and counted. A node finished after a flat screen carries `pool_weight = 1 / screen_keep` (Russian roulette, see
+`DiagnosisConfig.screen_rollouts`), which keeps both sums unbiased.
 """
 
 import torch
@@ -64,5 +65,11 @@ def pooled_alignment(
     proj = [getattr(n.teachers[teacher], f"{space}_proj") for n in nodes]
     norm2 = [n.ideal_norm2.get(space, float("nan")) for n in nodes]
     return pooled_ratio(
-        proj, norm2, clusters=clusters, confidence=confidence, num_bootstrap=num_bootstrap, generator=generator
+        proj,
+        norm2,
+        clusters=clusters,
+        confidence=confidence,
+        num_bootstrap=num_bootstrap,
+        generator=generator,
+        weights=[n.pool_weight for n in nodes],
     )

@@ -42,7 +42,9 @@ class NodeDiagnosis:
     value of the success rates. `ideal_norm2` holds the unbiased `||g_ideal||^2` per space (`"param"`, `"logit"`),
     the denominator terms of pooled alignment. `rollouts_spent` counts the targeted continuations decoded here;
     `region_flat` says whether the likelihood region of the success rates holds a flat ideal (all candidates equally
-    good), i.e. whether the data leave every direction of the ideal possible.
+    good), i.e. whether the data leave every direction of the ideal possible. `pool_weight` is the node's weight in
+    pooled sums (`1 / screen_keep` when it was finished after a flat screen, see `DiagnosisConfig.screen_rollouts`);
+    `screened_out` says it was stopped after its screening rollouts (flat; no parameter-space Gram of its candidates).
     """
 
     sequence: int
@@ -60,6 +62,8 @@ class NodeDiagnosis:
     ideal_norm2: dict[str, float] = field(default_factory=dict)
     rollouts_spent: int = 0
     region_flat: bool = False
+    pool_weight: float = 1.0
+    screened_out: bool = False
 
 
 @dataclass
@@ -170,7 +174,10 @@ class NodeRecord:
     decoded here, unscorable ones included: those are not in `success_counts`), `truncated` (continuations that hit the
     length budget), `ideal_norm2_param` / `ideal_norm2_logit` (unbiased `||g_ideal||^2`, the denominator terms of
     pooled alignment; may be negative at one node), `region_flat` (whether the success rates' likelihood region holds a
-    flat ideal).
+    flat ideal), `pool_weight` (the node's weight in pooled alignment and in means: `1 / screen_keep` for a node
+    finished after its screening rollouts all ended the same way, 1 otherwise, see `DiagnosisConfig.screen_rollouts`;
+    1 in records written before it existed, which had no screening), `screened_out` (the node stopped after
+    screening: flat, no parameter-space interval).
     """
 
     step: int
@@ -210,6 +217,8 @@ class NodeRecord:
     ideal_norm2_logit: float = math.nan
     distance: float = math.nan
     region_flat: bool = False
+    pool_weight: float = 1.0
+    screened_out: bool = False
 
     @property
     def node(self) -> tuple:

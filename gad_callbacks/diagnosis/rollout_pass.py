@@ -194,6 +194,8 @@ def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list
                 ideal_norm2_logit=node.ideal_norm2.get("logit", math.nan),
                 distance=a.distance,
                 region_flat=node.region_flat,
+                pool_weight=node.pool_weight,
+                screened_out=node.screened_out,
             )
             rows.append(dataclasses.asdict(record))
     return rows

@@ -10,6 +10,10 @@ the Gram matrix `<J^T d_i, J^T d_j>`, which is a sum over parameter tensors, so 
   copies of *one block's* parameters (plus tied weights, held until their last use), not `B` copies of the model;
 - `torch.autograd.grad` is used throughout, never `.backward()`: nothing is accumulated into `.grad`, and DeepSpeed /
   DDP gradient hooks (which fire on accumulation) never see the probe;
+- the output and input embedding matrices (`[vocab, hidden]` each, the largest tensors of a real model, and one
+  tensor when tied) never get per-vector gradients: a linear layer's gradient is a sum of outer products of its
+  inputs and output cotangents, so its Gram entries are inner products of those ("ghost norms", as in per-example
+  gradient clipping): `B` copies of a 49k x 576 matrix would be 4.5 GB at `B = 40`, the products need a few MB;
 - for very large parameter sets a seeded CountSketch of each vector can replace the exact products (`sketch_dim`).
   Its hash is arithmetic on coordinates, so every device and every rank computes the same sketch.
 """
@@ -71,6 +75,90 @@ class _GramAccumulator:
             self.sketch += _count_sketch(flat, self.sketch_dim, self.index[id(param)]).to(self.sketch.dtype)
 
 
+class _EmbeddingGhost:
+    """
+    Gram entries of the embedding weights from activations and cotangents, without per-vector gradients.
+
+    Output embedding `W_out` (logits `z_r = W_out h_r` at the kept rows `r`): vector `i`'s gradient is
+    `sum_r c_ir h_r^T`, so `<., .>_ij = sum_{r,r'} (c_ir . c_jr') (h_r . h_r')`. Input embedding `W_in` (row `x_s`
+    looked up at position `s`, output cotangent `d_is`): the gradient is `sum_s e_{x_s} d_is^T`, so with
+    `D_iu = sum_{s: x_s = u} d_is` the entry is `sum_u D_iu . D_ju`. Tied (`W_out is W_in`): plus the cross terms
+    `sum_{r,u} c_ir[u] (h_r . D_ju)` both ways. Only plain `nn.Linear` / `nn.Embedding` modules qualify (a wrapped or
+    renormalising one keeps the ordinary path).
+    """
+
+    def __init__(self, model, chosen):
+        ids = {id(p) for p in chosen}
+        out_mod, in_mod = model.get_output_embeddings(), model.get_input_embeddings()
+        self.out_mod = out_mod if type(out_mod) is torch.nn.Linear and id(out_mod.weight) in ids else None
+        self.in_mod = (
+            in_mod
+            if type(in_mod) is torch.nn.Embedding and in_mod.max_norm is None and id(in_mod.weight) in ids
+            else None
+        )
+        tied = out_mod is not None and in_mod is not None and out_mod.weight is in_mod.weight
+        if tied and (self.out_mod is None) != (self.in_mod is None):
+            self.out_mod = self.in_mod = None  # a tied matrix is handled whole, one way or the other
+        self.tied = tied and self.out_mod is not None
+        self.h = self.z = self.emb_out = None
+
+    @property
+    def weights(self) -> set[int]:
+        return {id(m.weight) for m in (self.out_mod, self.in_mod) if m is not None}
+
+    def hooks(self):
+        handles = []
+        if self.out_mod is not None:
+
+            def keep_input_output(module, args, output):
+                self.h, self.z = args[0], output
+
+            handles.append(self.out_mod.register_forward_hook(keep_input_output))
+        if self.in_mod is not None:
+
+            def keep_output(module, args, output):
+                self.emb_out = output
+
+            handles.append(self.in_mod.register_forward_hook(keep_output))
+        return handles
+
+    def ready(self) -> bool:
+        """Whether every ghosted weight's activations were seen in the forward (else: the ordinary path)."""
+        return (self.out_mod is None or self.h is not None) and (self.in_mod is None or self.emb_out is not None)
+
+    def head_cotangents(self, logits, cot):
+        """Cotangents at the output layer's own output: the logits' unless the model post-processes them (a scale,
+        a soft cap), then through that step."""
+        if self.out_mod is None or self.z is logits:
+            return cot
+        return torch.autograd.grad(logits, self.z, grad_outputs=cot, retain_graph=True, is_grads_batched=True)[0]
+
+    def gram(self, cot, input_ids, d_emb) -> torch.Tensor:
+        """`cot`: `[B, 1, R, V]` cotangents at the output layer's output; `d_emb`: `[B, 1, L, H]` at the lookup's."""
+        dtype = torch.promote_types(cot.dtype, torch.float32)
+        c = cot[:, 0].to(dtype)
+        b = c.shape[0]
+        gram = torch.zeros(b, b, dtype=dtype, device=c.device)
+        if self.out_mod is not None:
+            h = self.h[0].detach().to(dtype)  # [R, H]
+            cc = torch.einsum("brv,csv->bcrs", c, c)
+            gram += torch.einsum("bcrs,rs->bc", cc, h @ h.T)
+        if self.in_mod is not None:
+            x = input_ids.reshape(-1)
+            keep = (
+                x != self.in_mod.padding_idx if self.in_mod.padding_idx is not None else torch.ones_like(x, dtype=bool)
+            )
+            tokens, where = torch.unique(x[keep], return_inverse=True)
+            d = d_emb[:, 0, keep].to(dtype)  # [B, L', H]
+            grouped = torch.zeros(b, tokens.numel(), d.shape[-1], dtype=dtype, device=d.device)
+            grouped.index_add_(1, where, d)  # D_iu
+            gram += torch.einsum("bud,cud->bc", grouped, grouped)
+            if self.tied:
+                cross = torch.einsum("bru,rd,cud->bc", c[:, :, tokens], self.h[0].detach().to(dtype), grouped)
+                gram += cross + cross.T
+        return gram.double()
+
+
 def _cut_blocks(blocks, records):
     """Forward pre-hooks replacing each block's hidden-state input by a detached leaf, recording (input, leaf)."""
 
@@ -88,23 +176,34 @@ def _cut_blocks(blocks, records):
     return [block.register_forward_pre_hook(hook, with_kwargs=True) for block in blocks]
 
 
-def _segmented_gram(logits, cotangents, params, records, acc, shared) -> bool:
+def _segmented_gram(logits, cotangents, params, records, acc, shared, ghost=None, input_ids=None) -> bool:
     """Backward segment by segment; returns False when a parameter turned out to span two segments (not tied)."""
     # Segments, last first: head (logits back to the last block's input leaf), each block (its output, which is the
     # next block's recorded input, back to its own leaf), then the embedding (the first block's input, no leaf).
     segments = [(logits, records[-1][1])]
     segments += [(records[k + 1][0], records[k][1]) for k in reversed(range(len(records) - 1))]
     segments.append((records[0][0], None))
+    ghosted = ghost.weights if ghost is not None else set()
+    params = [p for p in params if id(p) not in ghosted]
+    # A ghosted input embedding needs the cotangent at the lookup's output: the embedding segment ends there.
+    emb_out = ghost.emb_out if ghost is not None and ghost.in_mod is not None else None
     held: dict[int, torch.Tensor] = {}
     seen: set[int] = set()
-    cot = cotangents
+    cot, d_emb = cotangents, None
     for outputs, leaf in segments:
         if cot is None or not outputs.requires_grad:
             break  # nothing upstream depends on the chosen parameters (e.g. frozen embeddings under LoRA)
+        if leaf is None and emb_out is not None:
+            if outputs is emb_out:  # the first block reads the lookup's output as it is
+                d_emb = cot
+                break
+            leaf = emb_out
         inputs = list(params) + ([leaf] if leaf is not None else [])
         grads = torch.autograd.grad(
             outputs, inputs, grad_outputs=cot, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
+        if leaf is not None and leaf is emb_out:
+            d_emb = grads[-1]
         for p, g in zip(params, grads[: len(params)], strict=True):
             if g is None:
                 continue
@@ -119,6 +218,10 @@ def _segmented_gram(logits, cotangents, params, records, acc, shared) -> bool:
     for p in params:
         if id(p) in held:
             acc.add(p, held[id(p)])
+    if ghosted:
+        if emb_out is not None and d_emb is None:  # the backward never reached the embedding: no gradient there
+            d_emb = torch.zeros(cotangents.shape[0], *emb_out.shape, dtype=emb_out.dtype, device=emb_out.device)
+        acc.gram += ghost.gram(ghost.head_cotangents(logits, cotangents), input_ids, d_emb)
     return True
 
 
@@ -172,6 +275,11 @@ def parameter_gram(
     blocks = _find_blocks(model) if segmented else None
     records: list = []
     handles = _cut_blocks(blocks, records) if blocks is not None else []
+    ghost = _EmbeddingGhost(model, chosen) if blocks is not None and sketch_dim is None else None
+    if ghost is not None and ghost.weights:
+        handles += ghost.hooks()
+    else:
+        ghost = None
     with eval_mode(model), grad_enabled_on(chosen), torch.enable_grad():
         try:
             logits = model(
@@ -180,6 +288,8 @@ def parameter_gram(
         finally:
             for h in handles:
                 h.remove()
+        if ghost is not None and not ghost.ready():
+            ghost = None
         if logits.shape[-1] != cotangents.shape[-1]:
             raise ValueError(
                 f"cotangents have {cotangents.shape[-1]} entries per row but the model has {logits.shape[-1]} logits."
@@ -200,7 +310,7 @@ def parameter_gram(
             ok = (
                 blocks is not None
                 and len(records) == len(blocks)
-                and _segmented_gram(logits, cot[group], chosen, records, acc, shared)
+                and _segmented_gram(logits, cot[group], chosen, records, acc, shared, ghost, input_ids.to(device))
             )
             if not ok:
                 # Some architectures reuse a parameter across blocks, or call a block twice: the per-segment

@@ -30,6 +30,8 @@ _DIAGNOSIS_KEYS = {
     "alignment_min_rollouts": "min_rollouts",
     "alignment_target_width": "target_width",
     "alignment_reuse_rollout_outcome": "reuse_observed",
+    "alignment_screen_rollouts": "screen_rollouts",
+    "alignment_screen_keep": "screen_keep",
 }
 
 
@@ -61,6 +63,14 @@ class GradientAlignmentConfig:
             First-round targeted rollouts per candidate under adaptive allocation (>= 2).
         alignment_target_width (`float`, *optional*, defaults to `0.5`):
             Adaptive allocation stops a node once every teacher's parameter-space interval is at most this wide.
+        alignment_screen_rollouts (`int`, *optional*, defaults to `1`):
+            Uniform allocation: targeted rollouts per candidate spent first to screen a node. A node whose screening
+            continuations all end the same way (all right or all wrong) stops there, except with probability
+            `alignment_screen_keep`, when it is finished and weighs `1 / alignment_screen_keep` in pooled alignment
+            and means (Russian roulette: pooled alignment stays unbiased, see [`DiagnosisConfig`]). A stopped node is
+            flat, costs no parameter-space backward for its candidates and has no parameter-space interval. `0`: off.
+        alignment_screen_keep (`float`, *optional*, defaults to `0.25`):
+            Probability that a node whose screen was all alike is finished anyway (in (0, 1]; 1 screens nothing out).
         alignment_reuse_rollout_outcome (`bool`, *optional*, defaults to `False`):
             Count the rollout's own verified outcome as one more sample of the sampled token. Off by default: node
             selection looks at the rest of the rollout (its length, its entropies), so that outcome is not an
@@ -132,6 +142,12 @@ class GradientAlignmentConfig:
     )
     alignment_target_width: float = field(
         default=0.5, metadata={"help": "Adaptive allocation stops a node at this interval width."}
+    )
+    alignment_screen_rollouts: int = field(
+        default=1, metadata={"help": "Screening rollouts per candidate; a node whose screen is all alike may stop."}
+    )
+    alignment_screen_keep: float = field(
+        default=0.25, metadata={"help": "Probability of finishing a node whose screen was all alike (weight 1/p)."}
     )
     alignment_reuse_rollout_outcome: bool = field(
         default=False, metadata={"help": "Count the rollout's own outcome as a sample of its sampled token."}

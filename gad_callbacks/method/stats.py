@@ -125,9 +125,11 @@ def summarize(
     num_bootstrap: int = 1000,
     generator: torch.Generator | None = None,
     clusters=None,
+    weights=None,
 ) -> Summary:
     """
-    Mean over the defined (non-NaN) `values` with a percentile bootstrap interval.
+    Mean over the defined (non-NaN) `values` with a percentile bootstrap interval; a weighted mean when `weights` are
+    given (a node finished after a flat screen stands for `1 / screen_keep` nodes like it).
 
     Args:
         values (`torch.Tensor` or sequence of `float`):
@@ -142,11 +144,14 @@ def summarize(
             A cluster label per value (the rollout id, or the question id when questions have several rollouts).
             Nodes of one rollout are not independent, so when given the bootstrap resamples whole clusters. With
             fewer than two clusters the interval is undefined.
+        weights (sequence of `float`, *optional*):
+            A weight per value (the records' `pool_weight`); equal weights when omitted.
     """
     values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    w = _weights(weights, values)
     x = torch.nan_to_num(values)
     return _clustered(
-        [x, torch.ones_like(x)],
+        [x * w, w],
         ~torch.isnan(values),
         clusters,
         lambda s, c: s / c,
@@ -154,6 +159,15 @@ def summarize(
         num_bootstrap,
         generator,
     )
+
+
+def _weights(weights, values: torch.Tensor) -> torch.Tensor:
+    if weights is None:
+        return torch.ones_like(values)
+    w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    if w.shape != values.shape or bool((~torch.isfinite(w) | (w < 0)).any()):
+        raise ValueError(f"weights must be {values.numel()} finite non-negative numbers, one per value.")
+    return w
 
 
 def paired_difference(x, y, **kwargs) -> Summary:
@@ -186,10 +200,11 @@ def pooled_ratio(
     confidence: float = 0.95,
     num_bootstrap: int = 1000,
     generator: torch.Generator | None = None,
+    weights=None,
 ) -> Summary:
     """
-    Pooled alignment `sum_i proj_i / sqrt(N sum_i norm2_i)` from per-node terms (see [`pooled_alignment`]), with a
-    cluster-bootstrap interval that recomputes the ratio in every replicate.
+    Pooled alignment `sum_i w_i proj_i / sqrt(N sum_i w_i norm2_i)` from per-node terms (see [`pooled_alignment`]),
+    with a cluster-bootstrap interval that recomputes the ratio in every replicate. `N` counts nodes, unweighted.
 
     Args:
         projections (sequence of `float`):
@@ -204,12 +219,16 @@ def pooled_ratio(
             Bootstrap replicates.
         generator (`torch.Generator`, *optional*):
             Source of randomness.
+        weights (sequence of `float`, *optional*):
+            Per node, the weight of its terms (the records' `pool_weight`: `1 / screen_keep` for a node finished after
+            a flat screen, which keeps the sums unbiased); 1 when omitted.
     """
     proj = torch.as_tensor(projections, dtype=torch.float64).reshape(-1)
     norm2 = torch.as_tensor(ideal_norms2, dtype=torch.float64).reshape(-1)
     if proj.shape != norm2.shape:
         raise ValueError(f"Got {proj.numel()} projections but {norm2.numel()} ideal norms.")
+    w = _weights(weights, proj)
     defined = ~(torch.isnan(proj) | torch.isnan(norm2))
-    proj, norm2 = torch.nan_to_num(proj), torch.nan_to_num(norm2)
+    proj, norm2 = torch.nan_to_num(proj) * w, torch.nan_to_num(norm2) * w
     columns = [proj, norm2, torch.ones_like(proj), norm2.abs()]
     return _clustered(columns, defined, clusters, _pooled, confidence, num_bootstrap, generator)

@@ -116,7 +116,8 @@ class TeacherAggregate:
 class RunAggregate:
     """
     The aggregates of a set of records: per teacher, in the order given (or first seen), plus what the records
-    cost. `cluster_unit` is `"question"` or `"rollout"` (see [`cluster_labels`]).
+    cost. `cluster_unit` is `"question"` or `"rollout"` (see [`cluster_labels`]). `screened_out` counts the nodes
+    stopped after their screening rollouts (flat, counted in `nodes`; see `DiagnosisConfig.screen_rollouts`).
     """
 
     teachers: list[TeacherAggregate]
@@ -127,6 +128,7 @@ class RunAggregate:
     nodes: int
     rollouts_spent: int
     targeted_rollouts: int
+    screened_out: int = 0
 
     def __getitem__(self, teacher: str) -> TeacherAggregate:
         for t in self.teachers:
@@ -165,22 +167,31 @@ class _Stats:
     def __init__(self, confidence: float, seed: int, num_bootstrap: int):
         self.confidence, self.seed, self.num_bootstrap = confidence, seed, num_bootstrap
 
-    def _kw(self, clusters, names):
+    def _kw(self, pairs, names, weighted=True):
+        # A node finished after a flat screen stands for 1 / screen_keep nodes like it (records' `pool_weight`).
         gen = stream(self.seed, "aggregate", *names)
-        return dict(confidence=self.confidence, num_bootstrap=self.num_bootstrap, generator=gen, clusters=clusters)
+        return dict(
+            confidence=self.confidence,
+            num_bootstrap=self.num_bootstrap,
+            generator=gen,
+            clusters=[c for _, c in pairs],
+            weights=[r.pool_weight for r, _ in pairs] if weighted else None,
+        )
 
-    def mean(self, pairs, attr: str, *names) -> Summary:
-        return summarize([getattr(r, attr) for r, _ in pairs], **self._kw([c for _, c in pairs], names))
+    def mean(self, pairs, attr: str, *names, weighted=True) -> Summary:
+        return summarize([getattr(r, attr) for r, _ in pairs], **self._kw(pairs, names, weighted))
 
     def pooled(self, pairs, space: str, *names) -> Summary:
         proj = [getattr(r, f"{space}_proj") for r, _ in pairs]
         norm2 = [getattr(r, f"ideal_norm2_{space}") for r, _ in pairs]
-        return pooled_ratio(proj, norm2, **self._kw([c for _, c in pairs], names))
+        return pooled_ratio(proj, norm2, **self._kw(pairs, names))
 
 
-def _plain_mean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
+def _weighted_mean(pairs, value) -> float:
+    """Mean of `value(record)` over the records where it is defined, each weighted by its `pool_weight`."""
+    defined = [(value(r), r.pool_weight) for r, _ in pairs if not math.isnan(value(r))]
+    total = sum(w for _, w in defined)
+    return sum(v * w for v, w in defined) / total if total > 0 else math.nan
 
 
 def _in_bucket(rel: float, low: float, high: float) -> bool:
@@ -232,11 +243,10 @@ def _teacher(teacher, pairs, first, stats: _Stats) -> TeacherAggregate:
     if first is not None:
         # Matched on the node: the other teacher's row at the same (step, rollout, position), NaN if it has none.
         other = [first.get(r.node) for r, _ in pairs]
-        clusters = [c for _, c in pairs]
         vs_first = paired_difference(
             [r.param_cos for r, _ in pairs],
             [o.param_cos if o is not None else math.nan for o in other],
-            **stats._kw(clusters, (teacher, "paired", "mean")),
+            **stats._kw(pairs, (teacher, "paired", "mean")),
         )
         vs_first_pooled = pooled_ratio(
             [
@@ -244,9 +254,8 @@ def _teacher(teacher, pairs, first, stats: _Stats) -> TeacherAggregate:
                 for (r, _), o in zip(pairs, other, strict=True)
             ],
             [r.ideal_norm2_param for r, _ in pairs],
-            **stats._kw(clusters, (teacher, "paired", "pooled")),
+            **stats._kw(pairs, (teacher, "paired", "pooled")),
         )
-    defined = [r.param_cos for r, _ in pairs if not math.isnan(r.param_cos)]
     per_rollout = {(r.step, r.rollout_id): (r, c) for r, c in pairs}
     return TeacherAggregate(
         teacher=teacher,
@@ -268,11 +277,12 @@ def _teacher(teacher, pairs, first, stats: _Stats) -> TeacherAggregate:
         pooled_logit_correct=pooled["logit", "correct"],
         vs_first=vs_first,
         vs_first_pooled=vs_first_pooled,
-        positive_frac=sum(c > 0 for c in defined) / len(defined) if defined else math.nan,
+        positive_frac=_weighted_mean(pairs, lambda r: math.nan if math.isnan(r.param_cos) else float(r.param_cos > 0)),
         advantage=stats.mean(pairs, "advantage", teacher, "advantage"),
-        restricted=_plain_mean(r.restricted_cos for r, _ in pairs),
-        outside_share=_plain_mean(r.outside_share for r, _ in pairs),
-        rollout=stats.mean(list(per_rollout.values()), "rollout_param_cos", teacher, "rollout"),
+        restricted=_weighted_mean(pairs, lambda r: r.restricted_cos),
+        outside_share=_weighted_mean(pairs, lambda r: r.outside_share),
+        # One value per rollout: rollouts are not screened, so they weigh the same.
+        rollout=stats.mean(list(per_rollout.values()), "rollout_param_cos", teacher, "rollout", weighted=False),
     )
 
 
@@ -328,4 +338,5 @@ def aggregate(
         nodes=len(nodes),
         rollouts_spent=sum(int(r.rollouts_spent) for r in nodes.values()),
         targeted_rollouts=sum(int(sum(r.success_counts)) for r in nodes.values()),
+        screened_out=sum(bool(r.screened_out) for r in nodes.values()),
     )

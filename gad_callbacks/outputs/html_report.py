@@ -260,8 +260,9 @@ def render_html(rows: list, rollouts: list[dict], run: RunAggregate, title: str 
 rollouts, per node. Positive: the teacher pushes the student toward what raises its chance of success.</p>
 <div id="errors"></div>
 <h2>Summary</h2>
-<p>{run.rollouts} rollouts diagnosed, {run.correct} correct; {run.nodes} nodes, {run.rollouts_spent} targeted
-continuations decoded. Intervals: {level} bootstrap over {run.cluster_unit}s.</p>
+<p>{run.rollouts} rollouts diagnosed, {run.correct} correct; {run.nodes} nodes ({run.screened_out} stopped after
+screening), {run.rollouts_spent} targeted continuations decoded. Intervals: {level} bootstrap over
+{run.cluster_unit}s.</p>
 {_summary_table(run)}
 <p class="legend">{html.escape(legend(run))}</p>
 {charts}

@@ -13,6 +13,9 @@ agree on the same records. Metric keys are `gad/...`, which the Trainer's Tensor
 - `gad/paired/<t>`, `gad/paired/<t>/pooled`: difference with the first teacher on the same nodes.
 - `gad/advantage/<t>`: mean teacher advantage.
 
+Per pause: `gad/nodes`, `gad/targeted_rollouts`, `gad/rollouts_spent` (`_per_node`), `gad/screened_out` (nodes
+stopped after their screening rollouts). Means and pooled sums weigh each node by its `pool_weight`.
+
 Undefined numbers are NaN (the caller drops them: a gap in the chart, not a fake 0).
 """
 
@@ -75,6 +78,7 @@ def run_metrics(run: RunAggregate) -> dict[str, float]:
     out["gad/targeted_rollouts"] = float(run.targeted_rollouts)
     out["gad/rollouts_spent"] = float(run.rollouts_spent)
     out["gad/rollouts_spent_per_node"] = run.rollouts_spent / run.nodes if run.nodes else math.nan
+    out["gad/screened_out"] = float(run.screened_out)
     return out
 
 

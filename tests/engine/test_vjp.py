@@ -143,3 +143,30 @@ def test_parameter_subset_by_name_pattern():
     assert_close_with_nans(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match="No parameter name matches"):
         parameter_cosines(model, ids, 6, directions, params="no_such_module")
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_embedding_gram_entries_come_from_activations_not_per_vector_gradients(kind, tie, monkeypatch):
+    # The embedding matrices are the largest tensors of a real model: their Gram entries are inner products of
+    # activations and cotangents, never B per-vector gradients. Repeated tokens (rows of the input embedding hit
+    # twice), the padding id 0 (its row gets no gradient) and a tied matrix (cross terms) are all here.
+    import gad_callbacks.engine.vjp as vjp
+
+    model = tiny_model(kind, tie=tie, layers=2, dtype=torch.float64).eval()
+    weights = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    g = torch.Generator().manual_seed(5)
+    ids = torch.tensor([0, 5, 7, 5, 9, 0, 5, 11, 7, 3])
+    rows = torch.tensor([3, 6, 9])
+    cot = torch.randn(4, 3, 48, generator=g, dtype=torch.float64)
+    materialised = []
+    add = vjp._GramAccumulator.add
+    monkeypatch.setattr(
+        vjp._GramAccumulator, "add", lambda self, p, grad: (materialised.append(id(p)), add(self, p, grad))
+    )
+    got = parameter_gram(model, ids, rows, cot, params="all")
+    assert materialised and not weights & set(materialised)
+    materialised.clear()
+    expected = parameter_gram(model, ids, rows, cot, params="all", segmented=False)  # every gradient materialised
+    assert weights <= set(materialised)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

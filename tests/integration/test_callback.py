@@ -74,23 +74,28 @@ def check_logged(trainer, output_dir, teachers, steps):
     # The scalars are what the records say: recompute the per-teacher mean and node count from the records.
     for teacher in teachers:
         for step in range(1, steps + 1):
-            vals = [r["param_cos"] for r in rows if r["teacher"] == teacher and r["step"] == step]
-            defined = [v for v in vals if not math.isnan(v)]
+            part = [r for r in rows if r["teacher"] == teacher and r["step"] == step]
+            # A node finished after a flat screen weighs 1 / screen_keep in the mean and in the pooled sums.
+            defined = [(r["param_cos"], r["pool_weight"]) for r in part if not math.isnan(r["param_cos"])]
             assert tb[f"train/gad/alignment/{teacher}/nodes"][step] == len(defined)
-            assert tb[f"train/gad/alignment/{teacher}/undefined"][step] == len(vals) - len(defined)
+            assert tb[f"train/gad/alignment/{teacher}/undefined"][step] == len(part) - len(defined)
             if defined:
-                mean = sum(defined) / len(defined)
+                mean = sum(v * w for v, w in defined) / sum(w for _, w in defined)
                 assert tb[f"train/gad/alignment/{teacher}"][step] == pytest.approx(mean, abs=1e-5)
             # Pooled alignment: every node with both pooling terms enters (flat-success nodes included).
-            part = [r for r in rows if r["teacher"] == teacher and r["step"] == step]
-            pooled = pooled_ratio([r["param_proj"] for r in part], [r["ideal_norm2_param"] for r in part])
+            pooled = pooled_ratio(
+                [r["param_proj"] for r in part],
+                [r["ideal_norm2_param"] for r in part],
+                weights=[r["pool_weight"] for r in part],
+            )
             assert tb[f"train/gad/pooled/{teacher}/nodes"][step] == pooled.n
             if not math.isnan(pooled.mean):
                 assert tb[f"train/gad/pooled/{teacher}"][step] == pytest.approx(pooled.mean, abs=1e-5)
         assert f"train/gad/pooled/{teacher}" in tb, "the pooled alignment was never defined"
     for step in range(1, steps + 1):
-        spent = {(r["rollout_id"], r["position"]): r["rollouts_spent"] for r in rows if r["step"] == step}
-        assert tb["train/gad/rollouts_spent"][step] == sum(spent.values())
+        nodes = {(r["rollout_id"], r["position"]): r for r in rows if r["step"] == step}
+        assert tb["train/gad/rollouts_spent"][step] == sum(r["rollouts_spent"] for r in nodes.values())
+        assert tb["train/gad/screened_out"][step] == sum(r["screened_out"] for r in nodes.values())
     return tb, rows
 
 
