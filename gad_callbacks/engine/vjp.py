@@ -89,14 +89,19 @@ class _EmbeddingGhost:
 
     def __init__(self, model, chosen):
         ids = {id(p) for p in chosen}
-        out_mod, in_mod = model.get_output_embeddings(), model.get_input_embeddings()
+        out_mod = getattr(model, "get_output_embeddings", lambda: None)()
+        in_mod = getattr(model, "get_input_embeddings", lambda: None)()
         self.out_mod = out_mod if type(out_mod) is torch.nn.Linear and id(out_mod.weight) in ids else None
         self.in_mod = (
             in_mod
-            if type(in_mod) is torch.nn.Embedding and in_mod.max_norm is None and id(in_mod.weight) in ids
+            if type(in_mod) is torch.nn.Embedding
+            and in_mod.max_norm is None
+            and not in_mod.scale_grad_by_freq
+            and id(in_mod.weight) in ids
             else None
         )
-        tied = out_mod is not None and in_mod is not None and out_mod.weight is in_mod.weight
+        weight = getattr(out_mod, "weight", None)
+        tied = weight is not None and weight is getattr(in_mod, "weight", None)
         if tied and (self.out_mod is None) != (self.in_mod is None):
             self.out_mod = self.in_mod = None  # a tied matrix is handled whole, one way or the other
         self.tied = tied and self.out_mod is not None
@@ -136,25 +141,26 @@ class _EmbeddingGhost:
     def gram(self, cot, input_ids, d_emb) -> torch.Tensor:
         """`cot`: `[B, 1, R, V]` cotangents at the output layer's output; `d_emb`: `[B, 1, L, H]` at the lookup's."""
         dtype = torch.promote_types(cot.dtype, torch.float32)
-        c = cot[:, 0].to(dtype)
+        c = cot[:, 0].to(dtype)  # everything on this device (the head and the lookup may sit on others)
         b = c.shape[0]
         gram = torch.zeros(b, b, dtype=dtype, device=c.device)
         if self.out_mod is not None:
-            h = self.h[0].detach().to(dtype)  # [R, H]
+            h = self.h[0].detach().to(device=c.device, dtype=dtype)  # [R, H]
             cc = torch.einsum("brv,csv->bcrs", c, c)
             gram += torch.einsum("bcrs,rs->bc", cc, h @ h.T)
         if self.in_mod is not None:
-            x = input_ids.reshape(-1)
+            x = input_ids.reshape(-1).to(c.device)
             keep = (
                 x != self.in_mod.padding_idx if self.in_mod.padding_idx is not None else torch.ones_like(x, dtype=bool)
             )
             tokens, where = torch.unique(x[keep], return_inverse=True)
-            d = d_emb[:, 0, keep].to(dtype)  # [B, L', H]
+            d = d_emb[:, 0].to(device=c.device, dtype=dtype)[:, keep]  # [B, L', H]
             grouped = torch.zeros(b, tokens.numel(), d.shape[-1], dtype=dtype, device=d.device)
             grouped.index_add_(1, where, d)  # D_iu
             gram += torch.einsum("bud,cud->bc", grouped, grouped)
             if self.tied:
-                cross = torch.einsum("bru,rd,cud->bc", c[:, :, tokens], self.h[0].detach().to(dtype), grouped)
+                h = self.h[0].detach().to(device=c.device, dtype=dtype)
+                cross = torch.einsum("bru,rd,cud->bc", c[:, :, tokens], h, grouped)
                 gram += cross + cross.T
         return gram.double()
 

@@ -187,9 +187,9 @@ class _Stats:
         return pooled_ratio(proj, norm2, **self._kw(pairs, names))
 
 
-def _weighted_mean(pairs, value) -> float:
+def _weighted_mean(pairs, value, weighted=True) -> float:
     """Mean of `value(record)` over the records where it is defined, each weighted by its `pool_weight`."""
-    defined = [(value(r), r.pool_weight) for r, _ in pairs if not math.isnan(value(r))]
+    defined = [(value(r), r.pool_weight if weighted else 1.0) for r, _ in pairs if not math.isnan(value(r))]
     total = sum(w for _, w in defined)
     return sum(v * w for v, w in defined) / total if total > 0 else math.nan
 
@@ -280,8 +280,9 @@ def _teacher(teacher, pairs, first, stats: _Stats) -> TeacherAggregate:
         positive_frac=_weighted_mean(pairs, lambda r: math.nan if math.isnan(r.param_cos) else float(r.param_cos > 0)),
         advantage=stats.mean(pairs, "advantage", teacher, "advantage"),
         restricted=_weighted_mean(pairs, lambda r: r.restricted_cos),
-        outside_share=_weighted_mean(pairs, lambda r: r.outside_share),
-        # One value per rollout: rollouts are not screened, so they weigh the same.
+        # Known at every node, stopped or not (it needs no rollout): each node once.
+        outside_share=_weighted_mean(pairs, lambda r: r.outside_share, weighted=False),
+        # One value per rollout (its nodes' weights are inside its summed ideal): each rollout once.
         rollout=stats.mean(list(per_rollout.values()), "rollout_param_cos", teacher, "rollout", weighted=False),
     )
 

@@ -148,7 +148,9 @@ function render() {
       + '\nalignment (logit) ' + fmt(rec.logit_cos) + ' [' + fmt(rec.logit_ci_low) + ', ' + fmt(rec.logit_ci_high) + ']'
       + '\nteacher advantage ' + fmt(rec.advantage) + '\nV(node) ' + fmt(rec.value)
       + (rec.undefined ? '\nundefined: ' + rec.undefined : '')
-      + '\ncandidates (token id: success) ' + cands + '\n' + rec.rollouts_spent + ' targeted continuations decoded here';
+      + '\ncandidates (token id: success) ' + cands + '\n' + rec.rollouts_spent + ' targeted continuations decoded here'
+      + (rec.screened_out ? ' (stopped after screening: all alike)' : '')
+      + (rec.pool_weight !== undefined && rec.pool_weight !== 1 ? '\nweight in means and pooled sums: ' + rec.pool_weight : '');
   });
 }
 const tip = document.getElementById('tooltip');
@@ -196,6 +198,8 @@ _TOOLTIP_FIELDS = (
     "success",
     "success_counts",
     "rollouts_spent",
+    "screened_out",
+    "pool_weight",
 )
 
 

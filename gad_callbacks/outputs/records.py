@@ -184,6 +184,10 @@ def _default(name: str):
     raise KeyError(f"node records lack the required field {name!r}")
 
 
+# Fields whose default is what a file written before them meant (no screening then: weight 1, nothing stopped).
+_EXACT_FOR_OLD_FILES = {"pool_weight", "screened_out"}
+
+
 def to_node_records(rows: list) -> list[NodeRecord]:
     """
     Rows (dicts as written, or [`NodeRecord`]s) as [`NodeRecord`]s. Fields missing from the rows (files written by
@@ -196,7 +200,7 @@ def to_node_records(rows: list) -> list[NodeRecord]:
             records.append(row)
             continue
         absent = [name for name in NODE_FIELDS if name not in row]
-        missing.update(absent)
+        missing.update(name for name in absent if name not in _EXACT_FOR_OLD_FILES)
         values = {name: row[name] if name in row else _default(name) for name in NODE_FIELDS}
         for name in _FLOAT_FIELDS:  # JSON and some writers store NaN as null: read it back as NaN
             if values[name] is None:

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from gad_callbacks import Node, diagnose_nodes, pooled_alignment
+from gad_callbacks import DiagnosisConfig, Node, TeacherLoss, diagnose_nodes, pooled_alignment
 from gad_callbacks.method.stats import pooled_ratio, summarize
+from tests.conftest import tiny_model
 from tests.method.test_calibration import SPACES, World, repeat_first
 
 
@@ -99,6 +100,7 @@ def test_screening_stops_flat_looking_nodes_and_saves_rollouts(world, draws):
         for t in d.teachers.values():
             assert t.param_proj == 0.0 and t.logit_proj == 0.0
             assert math.isnan(t.param_cos) and math.isnan(t.logit_cos)
+            assert math.isnan(t.advantage)  # not measured: the weighted finished nodes stand for it in means
     for d in kept:
         assert d.pool_weight == 4.0 and d.rollouts_spent == k * 8 and torch.isfinite(d.gram).all()
 
@@ -121,3 +123,17 @@ def test_weights_enter_means_and_pooled_sums():
     assert r.n == 3 and r.mean == pytest.approx((0.2 + 0.4) / math.sqrt(3 * (0.04 + 0.12)))
     with pytest.raises(ValueError, match="weights"):
         summarize(values, weights=[1.0, -1.0, 1.0, 1.0])
+
+
+def test_a_rollout_whose_teachers_all_dropped_out_mixes_stopped_and_finished_nodes():
+    # A teacher with NaN logits everywhere is left out of the computation, leaving no teacher vector at all: nodes
+    # stopped by screening then have no vector either, next to finished ones that do.
+    model = tiny_model("qwen2", layers=2).eval()
+    seq = torch.randint(2, 48, (14,), generator=torch.Generator().manual_seed(0))
+    nan = torch.full((48,), float("nan"))
+    nodes = [Node(0, t, {"t": nan}, score=lambda c: [0.0] * len(c)) for t in range(4, 12)]
+    config = DiagnosisConfig(max_new_tokens=2, num_bootstrap=0, screen_keep=0.5, seed=3)
+    out = diagnose_nodes(model, [seq], nodes, {"t": TeacherLoss()}, config).nodes
+    assert {d.screened_out for d in out} == {True, False}
+    assert {d.pool_weight for d in out if not d.screened_out} == {2.0}
+    assert all(d.undefined == {"t": "non_finite_teacher"} for d in out)
