@@ -11,19 +11,11 @@ import torch
 from gad_callbacks import DiagnosisConfig, Node, TeacherLoss, diagnose_nodes, pooled_alignment
 from gad_callbacks.method.stats import pooled_ratio, summarize
 from tests.conftest import tiny_model
-from tests.method.test_calibration import SPACES, World, repeat_first
+from tests.method.test_calibration import SPACES, World, one_thread, repeat_first  # noqa: F401 (autouse fixture)
 
 
 REPS = 600  # independent diagnoses of one node
 PER_CALL = 25
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
