@@ -703,10 +703,10 @@ def main():
                 f"{statistics.mean(c.widths):.2f}, widths > 1.9: {c.trivial:.1%}  [>= 0.90, width well below 2]"
             )
             if c.no_interval:  # nodes stopped by screening have no parameter-space interval: counted as misses above
-                covered = sum(k for k, _ in c.clusters)
+                hits = sum(k for k, _ in c.clusters)
                 print(
                     f"  {'':<18}{'':<5} {'':<13}  {c.no_interval} of {c.total} without an interval (counted as "
-                    f"misses); among those with one: {covered / max(c.total - c.no_interval, 1):.3f}"
+                    f"misses); among those with one: {hits / max(c.total - c.no_interval, 1):.3f}"
                 )
         for m in WHAT_IF:
             c = paired[(m, space)]
