@@ -393,7 +393,12 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
         undefined=dict(prep["undefined"]),
         gram=prep["gram"],
         ideal_norm2={
-            space: math.nan if prep.get("unscorable") else ideal_norm2(g, p_k, success.mean, variance, count)
+            # A stopped node's term is that of the roulette's stopped branch: 0 (one sample has no variance anyway).
+            space: math.nan
+            if prep.get("unscorable")
+            else 0.0
+            if stopped
+            else ideal_norm2(g, p_k, success.mean, variance, count)
             for space, g in grams.items()
         },
         rollouts_spent=spent,
@@ -415,7 +420,6 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
             k = cand.numel()
             has_vector = g.to(torch.float64)[k:, k:].diagonal() > 0  # as `teacher_projections` decides: NaN if not
             proj[space] = torch.where(has_vector, 0.0, math.nan)
-            diag.ideal_norm2[space] = 0.0
         if stopped and space == "param":
             nan = torch.full((len(names),), float("nan"), dtype=torch.float64)
             ci[space] = (nan, nan)

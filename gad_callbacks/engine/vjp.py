@@ -144,8 +144,8 @@ class _EmbeddingGhost:
         c = cot[:, 0].to(dtype)  # everything on this device (the head and the lookup may sit on others)
         b = c.shape[0]
         gram = torch.zeros(b, b, dtype=dtype, device=c.device)
+        h = self.h[0].detach().to(device=c.device, dtype=dtype) if self.out_mod is not None else None  # [R, H]
         if self.out_mod is not None:
-            h = self.h[0].detach().to(device=c.device, dtype=dtype)  # [R, H]
             cc = torch.einsum("brv,csv->bcrs", c, c)
             gram += torch.einsum("bcrs,rs->bc", cc, h @ h.T)
         if self.in_mod is not None:
@@ -159,7 +159,6 @@ class _EmbeddingGhost:
             grouped.index_add_(1, where, d)  # D_iu
             gram += torch.einsum("bud,cud->bc", grouped, grouped)
             if self.tied:
-                h = self.h[0].detach().to(device=c.device, dtype=dtype)
                 cross = torch.einsum("bru,rd,cud->bc", c[:, :, tokens], h, grouped)
                 gram += cross + cross.T
         return gram.double()
