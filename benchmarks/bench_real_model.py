@@ -22,6 +22,7 @@ and one self-distillation context told the answer.
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -180,17 +181,25 @@ def run(model_path, steps, batch, completion, every=None):
 
 # Levers on the pause's cost, each measured on the same rollouts (hence the same nodes) in one run: the previous
 # default first, then the default, then one knob changed at a time on top of the default.
+#: Not a config knob: 0.4 diagnosed (and decoded) each rollout of a pause on its own; this lever restores that grouping
+#: (with 0.5's per-node random streams, so that it gives the same numbers as 0.5 on the same rollouts).
+ROLLOUT_BY_ROLLOUT = "rollout_by_rollout"
 LEVERS = [
-    ("no screening (default before 0.4)", dict(alignment_screen_rollouts=0)),
-    ("default: screening 1 rollout/candidate, keep 1/4", {}),
+    (
+        "no screening, each rollout decoded on its own (0.3's)",
+        dict(alignment_screen_rollouts=0, rollout_by_rollout=True),
+    ),
+    ("screening, each rollout decoded on its own (0.4's grouping)", dict(rollout_by_rollout=True)),
+    ("default: screening, the pause's rollouts decoded together (0.5)", {}),
     ("+ alignment_targeted_rollouts 4", dict(alignment_targeted_rollouts=4)),
     ("+ alignment_nodes_per_rollout 2", dict(alignment_nodes_per_rollout=2)),
     ("+ alignment_max_candidates 4", dict(alignment_max_candidates=4)),
     ("adaptive allocation (no screening; biased pool)", dict(alignment_allocation="adaptive")),
 ]
-# The cheapest setting measured (`--levers-cheapest`): the three knobs above together, next to the default.
+# The cheapest setting measured (`--levers-cheapest`): the three knobs above together, next to 0.4's and 0.5's default.
 CHEAPEST = [
-    ("default: screening 1 rollout/candidate, keep 1/4", {}),
+    LEVERS[1],
+    ("default: screening, the pause's rollouts decoded together (0.5)", {}),
     (
         "+ targeted_rollouts 4, nodes_per_rollout 2, max_candidates 4 together",
         dict(alignment_targeted_rollouts=4, alignment_nodes_per_rollout=2, alignment_max_candidates=4),
@@ -198,11 +207,23 @@ CHEAPEST = [
 ]
 
 
+@contextlib.contextmanager
+def rollout_by_rollout(rollout_pass, active):
+    """0.4's grouping of a pass (one rollout per `diagnose_nodes` call) while `active`."""
+    groups = rollout_pass._rollout_groups
+    if active:
+        rollout_pass._rollout_groups = lambda count, *args: [[i] for i in range(count)]
+    try:
+        yield
+    finally:
+        rollout_pass._rollout_groups = groups
+
+
 def measure_levers(model_path, batch, completion, levers=LEVERS, steps=3):
     """One diagnostic pass per lever over the same 4 rollouts of the trainer's buffer, after `steps` training steps
     whose median (the first left out) is the step time the ratios use: both measured in this one run."""
     from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig, aggregate
-    from gad_callbacks.diagnosis.rollout_pass import diagnose_rollouts
+    from gad_callbacks.diagnosis import rollout_pass
     from gad_callbacks.method.streams import derive_seed
 
     out_rows = []
@@ -214,6 +235,8 @@ def measure_levers(model_path, batch, completion, levers=LEVERS, steps=3):
         step_seconds = statistics.median(timer.times[1:] or timer.times)
         print(f"  training step: {step_seconds:.2f} s (median of {timer.times[1:]})", flush=True)
         for label, overrides in levers:
+            overrides = dict(overrides)
+            one_by_one = overrides.pop(ROLLOUT_BY_ROLLOUT, False)
             cfg = GradientAlignmentConfig(
                 alignment_self_contexts=[CONTEXT], alignment_reward_funcs=["choice"], **overrides
             )
@@ -224,15 +247,16 @@ def measure_levers(model_path, batch, completion, levers=LEVERS, steps=3):
                 rollout.key, rollout.seed = f"0-{i}", derive_seed(0, "rollout", i)
             length = cb.adapter.max_completion_length()
             start = time.perf_counter()
-            result = diagnose_rollouts(
-                cb.student,
-                cb.adapter.tokenizer,
-                rollouts,
-                cb.teachers,
-                cb.reward_func,
-                cfg.diagnosis(length, cb.adapter.temperature()),
-                cfg.pass_settings(length),
-            )
+            with rollout_by_rollout(rollout_pass, one_by_one):
+                result = rollout_pass.diagnose_rollouts(
+                    cb.student,
+                    cb.adapter.tokenizer,
+                    rollouts,
+                    cb.teachers,
+                    cb.reward_func,
+                    cfg.diagnosis(length, cb.adapter.temperature()),
+                    cfg.pass_settings(length),
+                )
             seconds = time.perf_counter() - start
             nodes = {(r["rollout_id"], r["position"]): r for r in result.rows}
             told = [r for r in result.rows if r["teacher"] == "answer"]

@@ -44,7 +44,7 @@ from .outputs.aggregate import aggregate
 from .outputs.summary import format_table
 
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "ChoiceAnswerReward",

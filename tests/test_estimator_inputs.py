@@ -266,7 +266,10 @@ def test_uniform_and_adaptive_allocation_and_rollouts_spent():
     seq = torch.tensor([2, 4, 3, 5, 2, 7, 9])
     z = _logits(model, seq, 5)
     teachers, losses = {"t": torch.randn(16, generator=torch.Generator().manual_seed(9)) * 2}, {"t": TeacherLoss()}
-    score = _Recorder()
+
+    def score(continuations):  # parity of the tokens' sum: outcomes mixed within every candidate, whatever the seed
+        return [float(sum(c) % 2) for c in continuations]
+
     common = dict(num_rollouts=8, max_new_tokens=3, mass=1.0, max_candidates=5, teacher_top=0, seed=1)
     uniform = diagnose_node(model, seq, 5, teachers, losses, score, DiagnosisConfig(allocation="uniform", **common))
     k = uniform.candidates.numel()
@@ -290,7 +293,10 @@ def test_reused_rollout_outcome_is_one_free_sample_of_the_sampled_token():
     model = tiny_model("qwen2", vocab_size=16, logit_scale=3.0)
     seq = torch.tensor([2, 4, 3, 5, 2, 7, 9])
     score = _Recorder()
-    cfg = dict(num_rollouts=4, max_new_tokens=3, max_candidates=3, allocation="uniform", num_bootstrap=0)
+    # No screening: a node stopped after its screen would not show the four continuations per candidate.
+    cfg = dict(
+        num_rollouts=4, max_new_tokens=3, max_candidates=3, allocation="uniform", num_bootstrap=0, screen_rollouts=0
+    )
     node = Node(0, 5, {}, score, observed_score=1.0)
     off = diagnose_nodes(model, [seq], [node], {}, DiagnosisConfig(**cfg)).nodes[0]
     on = diagnose_nodes(model, [seq], [node], {}, DiagnosisConfig(reuse_observed=True, **cfg)).nodes[0]
@@ -330,3 +336,21 @@ def test_real_valued_scores_with_unknown_variance_do_not_pin_the_interval():
     est = SuccessEstimate(torch.arange(4), one_each, torch.zeros(4, dtype=torch.long))
     lo, hi = cosine_intervals(gram, p_k, est, 0.95, generator=torch.Generator().manual_seed(0))
     assert float(hi[0] - lo[0]) > 0.2  # was ~0.001: a single score treated as exact
+
+
+def test_replicates_of_a_node_without_seeds_draw_their_own_continuations():
+    # A node without `Node.seed` gets one from its index in the call: two replicates of one node are two draws.
+    model = tiny_model("qwen2", vocab_size=16)
+    seq = torch.tensor([2, 4, 3, 5, 2, 7, 9])
+    cfg = DiagnosisConfig(num_rollouts=6, max_new_tokens=4, max_candidates=3, num_bootstrap=0, screen_rollouts=0)
+
+    def continuations(seeds):
+        recorders = [_Recorder() for _ in seeds]
+        nodes = [Node(0, 5, {}, r, seed=seed) for r, seed in zip(recorders, seeds, strict=True)]
+        diagnose_nodes(model, [seq], nodes, {}, cfg)
+        return [r.seen for r in recorders]
+
+    a, b = continuations([None, None])
+    assert len(a) == len(b) > 0 and a != b
+    c, d = continuations([7, 7])  # with seeds of their own, equal seeds are equal draws
+    assert c == d

@@ -23,6 +23,7 @@ for every teacher (`non_finite_student`), a teacher whose logits are is undefine
 (`unscorable_continuations`). Everything else is measured as if they were not there.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -45,7 +46,7 @@ from ..method.allocation import neyman_counts
 from ..method.directions import ideal_direction
 from ..method.intervals import cosine_intervals, region_has_flat
 from ..method.nodes import candidate_set
-from ..method.streams import stream
+from ..method.streams import derive_seed, stream
 from ..method.success import SuccessEstimate, pad_rows
 from .inputs import DiagnosisConfig, Node, TeacherLoss
 from .param_grams import param_grams, rollout_cosines
@@ -94,8 +95,11 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
     todo = [i for i, node in enumerate(nodes) if node.success is None]
     if not todo:
         return
-    generator = stream(config.seed, "targeted_rollouts", device=model_device(model))
+    device = model_device(model)
     eos = config.eos_token_id if config.eos_token_id is not None else eos_token_ids(model)
+    # One stream per node, kept across rounds: a node's continuations depend on its own seed only, not on which other
+    # nodes (of this rollout or of others) decode in the same batch.
+    generators = {i: stream(prepared[i]["seed"], "targeted_rollouts", device=device) for i in todo}
 
     def run(batch):  # batch: {node index: counts per candidate}
         requests = [
@@ -106,6 +110,7 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
                 nodes[i].score,
                 max_new_tokens=nodes[i].max_new_tokens,
                 counts=counts,
+                generator=generators[i],
             )
             for i, counts in batch.items()
         ]
@@ -117,7 +122,6 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
             config.max_new_tokens,
             temperature=config.temperature,
             eos_token_id=eos,
-            generator=generator,
             max_batch_rows=config.max_batch_rows,
         )
         for i, estimate in zip(batch, estimates, strict=True):
@@ -179,7 +183,7 @@ def _screen(prep, config) -> bool:
     """
     if not _all_alike(prep["success"]):
         return True
-    coin = torch.rand(1, generator=stream(config.seed, "screen", *prep["node_id"]), dtype=torch.float64)
+    coin = torch.rand(1, generator=stream(prep["seed"], "screen"), dtype=torch.float64)
     if float(coin) < config.screen_keep:
         prep["pool_weight"] = 1.0 / config.screen_keep
         return True
@@ -203,7 +207,7 @@ def _settled(prep, config) -> bool:
         config.confidence,
         num_points=64,
         rounds=2,
-        generator=stream(config.seed, "allocation", prep["node_id"], int(prep["success"].count.sum())),
+        generator=stream(prep["seed"], "allocation", int(prep["success"].count.sum())),
     )
     width = hi - lo
     width = width[~torch.isnan(width)]
@@ -261,6 +265,11 @@ def diagnose_nodes(
     names = list(teacher_losses)
     sequences = [torch.as_tensor(s).reshape(-1).long() for s in sequences]
     _check_nodes(sequences, nodes, names)
+    # A node without its own seed gets one from its index in this call: replicates of one node draw differently.
+    nodes = [
+        n if n.seed is not None else dataclasses.replace(n, seed=derive_seed(config.seed, i))
+        for i, n in enumerate(nodes)
+    ]
     if not nodes:
         return Diagnosis([], [])
     student = _student_logits(model, sequences, nodes)
@@ -306,7 +315,7 @@ def _diagnose(model, sequences, nodes, student, teacher_losses, config) -> Diagn
             )
         p = torch.softmax(z.double() / config.temperature, dim=-1)
         prep = {"student": z, "candidates": candidates, "teacher": teacher, "sampled": sampled, "p": p}
-        prep["node_id"] = (node.sequence, node.prefix_len)
+        prep["seed"] = node.seed
         prep["p_k"], prep["success"] = p[candidates], node.success
         prep["directions"], prep["undefined"], prep["distance"] = {}, {}, {}
         for name, loss in teacher_losses.items():
@@ -429,7 +438,7 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
                 prep,
                 config.confidence,
                 num_points=config.num_bootstrap,
-                generator=stream(config.seed, "intervals", node.sequence, node.prefix_len, space),
+                generator=stream(prep["seed"], "intervals", space),
             )
         else:
             nan = torch.full((len(names),), float("nan"), dtype=torch.float64)

@@ -219,6 +219,10 @@ class Node:
             This node's own cap on targeted continuations (e.g. the trainer's remaining completion budget).
         observed_score (`float`, *optional*):
             The verified outcome of the rollout the node was taken from (used with `DiagnosisConfig.reuse_observed`).
+        seed (`int`, *optional*):
+            Seed of every random choice at this node (its targeted continuations, screening coin, interval search).
+            When omitted, derived from `DiagnosisConfig.seed` and the node's index in the call. Give each node a seed
+            of its own rollout to keep its numbers independent of which other nodes share the call.
     """
 
     sequence: int
@@ -229,6 +233,7 @@ class Node:
     success: SuccessEstimate | None = None
     max_new_tokens: int | None = None
     observed_score: float | None = None
+    seed: int | None = None
 
     def sampled(self, sequence: torch.Tensor) -> int | None:
         """The sampled token: given, or read from the rollout when it reaches past the node."""

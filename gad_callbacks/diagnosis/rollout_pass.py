@@ -1,7 +1,10 @@
 """One diagnostic pass over student rollouts, the function both the callback and the `gad` CLI call.
 
-For each rollout: verify it (correct / incorrect), choose nodes, read every teacher's logits at them, then run the
-diagnosis (targeted rollouts, directions, cosines) on all of them at once. Returns plain rows: one per
+For each rollout: verify it (correct / incorrect), choose nodes, read every teacher's logits at them. Then the
+diagnosis (targeted rollouts, directions, cosines) runs on the nodes of several rollouts at once, so that their
+targeted continuations decode in full batches: on a real model a decode step costs nearly as much for 8 rows as for
+32, so rollouts decoded one by one paid for mostly empty batches. Each node still draws only from its own rollout's
+seed. Returns plain rows: one per
 (node, teacher), one per rollout, and the counted reasons for anything skipped. Nothing here knows about trainers.
 
 A bad value costs only what it touches, and is counted: an unscorable verdict (NaN / inf / None reward) skips its
@@ -19,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine.model_io import eos_token_ids, logits_at
-from ..engine.rollouts import ScoreError
+from ..engine.rollouts import ScoreError, checked_scores
 from ..engine.verifiers import as_score, reward_function_score
 from ..method.nodes import STRATEGIES, entropy, select_nodes
 from ..method.streams import derive_seed, stream
@@ -201,6 +204,135 @@ def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list
     return rows
 
 
+def _rollout_groups(count, nodes_per_rollout, num_teachers, config):
+    """
+    Consecutive rollouts diagnosed together: as many as the first round of targeted continuations of their nodes fits
+    in one decode batch (`max_batch_rows`), which also bounds the prefix caches held at once.
+    """
+    first = config.num_rollouts
+    if config.allocation == "adaptive":
+        first = min(config.min_rollouts, config.num_rollouts)
+    elif 0 < config.screen_rollouts < config.num_rollouts:
+        first = config.screen_rollouts
+    rows = nodes_per_rollout * (config.max_candidates + 1 + num_teachers * config.teacher_top) * first
+    # At most 16: a group holds every rollout's prefix cache and its nodes' vocabulary-sized vectors at once.
+    size = min(16, max(1, config.max_batch_rows // max(rows, 1)))
+    return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+
+
+def _guarded(score, failures: dict, key):
+    """
+    `score` for continuations decoded alongside other rollouts': the first verifier failure on this rollout is kept
+    in `failures[key]` and its continuations are left unscored, so that the other rollouts of the batch go on. (The
+    failed rollout's nodes still decode their remaining rounds, then are dropped: bounded waste, on an error path.)
+    """
+
+    def guarded(continuations):
+        if key not in failures:
+            try:
+                return checked_scores(score, continuations).tolist()
+            except ScoreError as err:
+                failures[key] = err
+        return [None] * len(continuations)
+
+    return guarded
+
+
+def _rollout_nodes(student, tokenizer, rollout, reward, i, teachers, reward_func, config, settings, step) -> dict:
+    """One rollout's nodes (chosen from its own seed) with every teacher's logits at them, and their records' fields."""
+    rollout_id = rollout.key or f"{step}-{i}"
+    seed = rollout.seed if rollout.seed is not None else derive_seed(config.seed, "rollout", i)
+    # Every choice on this rollout comes from its own seed, so results do not depend on the other rollouts in the
+    # pass (nor on which process diagnoses it); node choice and the diagnosis draw from separate streams.
+    generator = stream(seed, "node_selection")
+    seq = torch.tensor(rollout.prompt_ids + rollout.completion_ids)
+    p, length = len(rollout.prompt_ids), len(rollout.completion_ids)
+    entropies = None
+    if settings.node_strategy == "entropy":
+        entropies = entropy(logits_at(student, seq, range(p - 1, p + length - 1)), config.temperature)
+        # A position where the student is NaN has no entropy: weigh it as an average one, so that it can still be
+        # picked and show up as an undefined node instead of vanishing from the sample.
+        finite = torch.isfinite(entropies)
+        entropies = torch.where(finite, entropies, entropies[finite].mean() if bool(finite.any()) else 1.0)
+    positions = select_nodes(
+        length, settings.nodes_per_rollout, settings.node_strategy, entropies=entropies, generator=generator
+    ).tolist()
+    teacher_logits = {t.name: t.logits(rollout, positions) for t in teachers}
+    columns = {k: v for k, v in rollout.row.items() if k != "prompt"}
+    tokens = [tokenizer.decode([t]) for t in rollout.completion_ids]
+    correct = reward >= settings.correct_threshold
+    limit = settings.max_completion_length
+    diagnosis_seed = derive_seed(seed, "diagnosis")
+    nodes, meta = [], []
+    for j, t in enumerate(positions):
+        score = reward_function_score(reward_func, tokenizer, rollout.prompt, rollout.completion_ids[:t], columns)
+        budget = None if limit is None else max(limit - t - 1, 0)
+        logits = {n: v[j] for n, v in teacher_logits.items()}
+        nodes.append(
+            Node(
+                0,
+                p + t,
+                logits,
+                score,
+                max_new_tokens=budget,
+                observed_score=reward,
+                seed=derive_seed(diagnosis_seed, p + t),
+            )
+        )
+        meta.append(
+            {
+                "rollout_id": rollout_id,
+                "question_id": rollout.row_index,
+                "reward": reward,
+                "correct": correct,
+                "position": t,
+                "completion_length": length,
+                "rel_position": t / max(length - 1, 1),
+                "token_text": tokens[t],
+            }
+        )
+    return {
+        "rollout": rollout,
+        "id": rollout_id,
+        "sequence": seq,
+        "nodes": nodes,
+        "meta": meta,
+        "tokens": tokens,
+        "prompt_text": tokenizer.decode(rollout.prompt_ids, skip_special_tokens=True),
+        "reward": reward,
+        "correct": correct,
+    }
+
+
+def _add_rollout(result, trouble, prepared, diagnosis, failure, step):
+    """One rollout's rows and counted troubles, or its skip (the verifier failed on its targeted continuations)."""
+    rollout, rollout_id, meta = prepared["rollout"], prepared["id"], prepared["meta"]
+    if failure is not None:  # as when the verifier fails on the rollout itself
+        result.skipped["verifier_error"] += 1
+        trouble.add("verifier_error", f"rollout {rollout_id} (targeted continuations): {str(failure):.200}")
+        return
+    trouble.note_nodes(diagnosis, meta)
+    unscorable = sum(int(n.success.unscorable.sum()) for n in diagnosis.nodes)
+    if unscorable:
+        result.skipped["unscorable_continuation"] += unscorable
+    # Rollout-level results exist where at least one node was measured; none: the student is NaN at every node.
+    if meta and not diagnosis.rollouts:
+        result.skipped["non_finite_student"] += 1
+        return
+    result.rows += node_records(diagnosis, meta, step)
+    result.rollouts.append(
+        {
+            "step": step,
+            "rollout_id": rollout_id,
+            "question_id": rollout.row_index,
+            "prompt_text": prepared["prompt_text"],
+            "completion_tokens": prepared["tokens"],
+            "reward": prepared["reward"],
+            "correct": prepared["correct"],
+        }
+    )
+
+
 def diagnose_rollouts(
     student,
     tokenizer,
@@ -257,76 +389,49 @@ def diagnose_rollouts(
             trouble.add("unscorable_reward", f"rollout {name}")
             continue
         usable.append((rollout, reward))
-    losses = {t.name: t.loss for t in teachers}
-    limit = settings.max_completion_length
     # Targeted continuations stop where the trainer's completions stop (TRL's end-of-sequence set).
     eos = config.eos_token_id if config.eos_token_id is not None else eos_token_ids(student, tokenizer)
-    for i, (rollout, reward) in enumerate(tqdm(usable, desc=f"gad step {step}", leave=False, disable=not progress)):
-        rollout_id = rollout.key or f"{step}-{i}"
-        seed = rollout.seed if rollout.seed is not None else derive_seed(config.seed, "rollout", i)
-        # Every choice on this rollout comes from its own seed, so results do not depend on the other rollouts in the
-        # pass (nor on which process diagnoses it); node choice and the diagnosis draw from separate streams.
-        generator = stream(seed, "node_selection")
-        seq = torch.tensor(rollout.prompt_ids + rollout.completion_ids)
-        p, length = len(rollout.prompt_ids), len(rollout.completion_ids)
-        entropies = None
-        if settings.node_strategy == "entropy":
-            entropies = entropy(logits_at(student, seq, range(p - 1, p + length - 1)), config.temperature)
-            # A position where the student is NaN has no entropy: weigh it as an average one, so that it can still
-            # be picked and show up as an undefined node instead of vanishing from the sample.
-            finite = torch.isfinite(entropies)
-            entropies = torch.where(finite, entropies, entropies[finite].mean() if bool(finite.any()) else 1.0)
-        positions = select_nodes(
-            length, settings.nodes_per_rollout, settings.node_strategy, entropies=entropies, generator=generator
-        ).tolist()
-        teacher_logits = {t.name: t.logits(rollout, positions) for t in teachers}
-        columns = {k: v for k, v in rollout.row.items() if k != "prompt"}
-        tokens = [tokenizer.decode([t]) for t in rollout.completion_ids]
-        correct = reward >= settings.correct_threshold
-        nodes, meta = [], []
-        for j, t in enumerate(positions):
-            score = reward_function_score(reward_func, tokenizer, rollout.prompt, rollout.completion_ids[:t], columns)
-            budget = None if limit is None else max(limit - t - 1, 0)
-            logits = {n: v[j] for n, v in teacher_logits.items()}
-            nodes.append(Node(0, p + t, logits, score, max_new_tokens=budget, observed_score=reward))
-            meta.append(
-                {
-                    "rollout_id": rollout_id,
-                    "question_id": rollout.row_index,
-                    "reward": reward,
-                    "correct": correct,
-                    "position": t,
-                    "completion_length": length,
-                    "rel_position": t / max(length - 1, 1),
-                    "token_text": tokens[t],
-                }
+    pass_config = dataclasses.replace(config, eos_token_id=eos)
+    with tqdm(total=len(usable), desc=f"gad step {step}", leave=False, disable=not progress) as bar:
+        for group in _rollout_groups(len(usable), settings.nodes_per_rollout, len(teachers), config):
+            _diagnose_group(
+                student,
+                tokenizer,
+                [usable[i] + (i,) for i in group],
+                teachers,
+                reward_func,
+                pass_config,
+                settings,
+                step,
+                result,
+                trouble,
             )
-        rollout_config = dataclasses.replace(config, seed=derive_seed(seed, "diagnosis"), eos_token_id=eos)
-        try:
-            diagnosis = diagnose_nodes(student, [seq], nodes, losses, rollout_config)
-        except ScoreError as err:  # the verifier failed on targeted continuations: as when it fails on the rollout
-            result.skipped["verifier_error"] += 1
-            trouble.add("verifier_error", f"rollout {rollout_id} (targeted continuations): {str(err):.200}")
-            continue
-        trouble.note_nodes(diagnosis, meta)
-        unscorable = sum(int(n.success.unscorable.sum()) for n in diagnosis.nodes)
-        if unscorable:
-            result.skipped["unscorable_continuation"] += unscorable
-        # Rollout-level results exist where at least one node was measured; none: the student is NaN at every node.
-        if nodes and not diagnosis.rollouts:
-            result.skipped["non_finite_student"] += 1
-            continue
-        result.rows += node_records(diagnosis, meta, step)
-        result.rollouts.append(
-            {
-                "step": step,
-                "rollout_id": rollout_id,
-                "question_id": rollout.row_index,
-                "prompt_text": tokenizer.decode(rollout.prompt_ids, skip_special_tokens=True),
-                "completion_tokens": tokens,
-                "reward": reward,
-                "correct": correct,
-            }
-        )
+            bar.update(len(group))
     trouble.warn()
     return result
+
+
+def _diagnose_group(student, tokenizer, group, teachers, reward_func, config, settings, step, result, trouble):
+    """
+    Diagnose `group` (`(rollout, reward, index)` triples) in one `diagnose_nodes` call, so that the targeted
+    continuations of all their nodes decode in full batches; each node draws from its own rollout's seed, and a
+    verifier failing on one rollout's continuations skips that rollout only. Rows and skips go into `result`.
+    """
+    prepared = [
+        _rollout_nodes(student, tokenizer, rollout, reward, i, teachers, reward_func, config, settings, step)
+        for rollout, reward, i in group
+    ]
+    failures: dict[int, ScoreError] = {}
+    nodes = [
+        dataclasses.replace(node, sequence=k, score=_guarded(node.score, failures, k))
+        for k, rollout_nodes in enumerate(prepared)
+        for node in rollout_nodes["nodes"]
+    ]
+    losses = {t.name: t.loss for t in teachers}
+    diagnosis = diagnose_nodes(student, [r["sequence"] for r in prepared], nodes, losses, config)
+    offset = 0
+    for k, rollout_nodes in enumerate(prepared):
+        n = len(rollout_nodes["nodes"])
+        own = Diagnosis(diagnosis.nodes[offset : offset + n], [r for r in diagnosis.rollouts if r.sequence == k])
+        offset += n
+        _add_rollout(result, trouble, rollout_nodes, own, failures.get(k), step)

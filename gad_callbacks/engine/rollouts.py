@@ -54,6 +54,10 @@ class RolloutRequest:
             batch's `max_new_tokens`.
         counts (`torch.Tensor`, *optional*):
             Continuations per candidate, `[K]` (adaptive allocation); `num_rollouts` each when omitted.
+        generator (`torch.Generator`, *optional*):
+            This node's own sampling randomness, on the model's device. With it, the node's continuations draw only
+            from it, so they do not depend on which other nodes share the batch (only on the float rounding of a
+            batched forward); without it, the batch's shared `generator`.
     """
 
     sequence: int
@@ -62,6 +66,7 @@ class RolloutRequest:
     score: Score
     max_new_tokens: int | None = None
     counts: torch.Tensor | None = None
+    generator: torch.Generator | None = None
 
 
 def _chunk_requests(rows_per_request, max_batch_rows):
@@ -83,18 +88,35 @@ def _is_eos(tokens: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:
     return torch.isin(tokens, eos_ids)
 
 
-def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One token per row by inverse-CDF sampling: exact, one uniform per row (cheaper than `multinomial` on CPU)."""
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    u = uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
-@torch.no_grad()
-def _decode_chunk(model, keyword, cache, mask, first, positions, limits, temperature, eos_ids, generator):
+def _uniforms(requests, live_rows, limits, generator, device) -> torch.Tensor:
     """
-    Sample up to `limits[r]` tokens after each row's forced first token. Returns the tokens, `[R, max(limits)]` (-1 =
-    none), and which rows stopped on non-finite logits, `[R]` (their continuation cannot be finished, nor scored).
+    The uniform behind every token a chunk may sample, `[rows, max(limits)]`: row `r`'s `t`-th sampled token uses
+    `[r, t]`. Each request's block comes from its own generator when it has one, so that its continuations are the same
+    whichever requests share the chunk (batching all of a pass's nodes into one decode must not couple them).
+    """
+    limits = [max(limit, 0) for limit in limits]
+    width = max(limits, default=0)
+    blocks = []
+    for r, rows, limit in zip(requests, live_rows, limits, strict=True):
+        own = r.generator if r.generator is not None else generator
+        block = torch.rand(rows, limit, generator=own, device=device)
+        blocks.append(torch.nn.functional.pad(block, (0, width - limit)))
+    return torch.cat(blocks) if blocks else torch.zeros(0, width, device=device)
+
+
+@torch.no_grad()
+def _decode_chunk(model, keyword, cache, mask, first, positions, limits, temperature, eos_ids, uniforms):
+    """
+    Sample up to `limits[r]` tokens after each row's forced first token, the `t`-th from `uniforms[r, t]`. Returns the
+    tokens, `[R, max(limits)]` (-1 = none), and which rows stopped on non-finite logits, `[R]` (their continuation
+    cannot be finished, nor scored).
     """
     rows, max_new_tokens = first.shape[0], int(limits.max())
     out_tokens = torch.full((rows, max_new_tokens), -1, dtype=torch.long, device=first.device)
@@ -119,7 +141,7 @@ def _decode_chunk(model, keyword, cache, mask, first, positions, limits, tempera
             broken[alive[bad & ~done]] = True
             done = done | bad
             logits = torch.where(bad[:, None], torch.zeros_like(logits), logits)  # sampled, then discarded
-        nxt = _sample(torch.softmax(logits / temperature, dim=-1), generator)
+        nxt = _sample(torch.softmax(logits / temperature, dim=-1), uniforms[alive, step])
         keep = ~done
         out_tokens[alive[keep], step] = nxt[keep]
         done = done | _is_eos(nxt, eos_ids) | (limits <= step + 1)
@@ -138,12 +160,15 @@ def _decode_chunk(model, keyword, cache, mask, first, positions, limits, tempera
     return out_tokens, broken
 
 
-def _score(request: RolloutRequest, continuations: list[list[int]]) -> torch.Tensor:
-    """The scores of `continuations`, float64; NaN where the verifier gave `None` or a non-finite number."""
+def checked_scores(score: Score, continuations: list[list[int]]) -> torch.Tensor:
+    """
+    `score(continuations)` as float64, NaN where the verifier gave `None` or a non-finite number; [`ScoreError`] when it
+    raises or breaks its contract (not one number per continuation).
+    """
     if not continuations:
         return torch.zeros(0, dtype=torch.float64)
     try:
-        scores = list(request.score(continuations))
+        scores = list(score(continuations))
     except Exception as err:  # a verifier's failure must name itself, not surface as a decoding error
         raise ScoreError(f"The score function raised {type(err).__name__}: {err}") from err
     if len(scores) != len(continuations):
@@ -194,7 +219,8 @@ def rollout_requests(
         eos_token_id (`int` or `Sequence[int]`, *optional*):
             Token(s) that end a continuation.
         generator (`torch.Generator`, *optional*):
-            Sampling randomness, on the model's device; the global RNG is never used.
+            Sampling randomness of the requests without their own, on the model's device; the global RNG is never
+            used.
         max_batch_rows (`int`, *optional*, defaults to `512`):
             Most continuations decoded in one batch (bounds the memory of the expanded KV cache); whole nodes are kept
             together.
@@ -257,8 +283,10 @@ def rollout_requests(
             tokens = torch.full((live_first.numel(), 0), -1, dtype=torch.long, device=device)
             broken = [False] * live_first.numel()
             if cache is not None:
+                live_rows = [int((~d).sum()) for d in first_done]
+                uniforms = _uniforms(chunk_requests, live_rows, limit, generator, device)
                 tokens, broken = _decode_chunk(
-                    model, keyword, cache, mask, live_first, live_pos, live_limits, temperature, eos_ids, generator
+                    model, keyword, cache, mask, live_first, live_pos, live_limits, temperature, eos_ids, uniforms
                 )
                 broken = broken.tolist()
             offset, eos_set = 0, set(eos_ids.tolist())
@@ -282,8 +310,8 @@ def rollout_requests(
                     continuations.append([tok] + sampled)
                 # A continuation the student could not finish is never shown to the verifier.
                 flat = torch.full((len(continuations),), float("nan"), dtype=torch.float64)
-                flat[torch.tensor(scorable, dtype=torch.bool)] = _score(
-                    r, [c for c, ok in zip(continuations, scorable, strict=True) if ok]
+                flat[torch.tensor(scorable, dtype=torch.bool)] = checked_scores(
+                    r.score, [c for c, ok in zip(continuations, scorable, strict=True) if ok]
                 )
                 unscorable = torch.bincount(torch.tensor(owner, dtype=torch.long)[torch.isnan(flat)], minlength=k)
                 scores = pad_rows(list(flat.split(counts[i].tolist())))

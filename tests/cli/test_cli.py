@@ -1,7 +1,6 @@
 """`gad diagnose` / `gad report` on the embedded default: outputs, the headline finding, errors, the HTML report."""
 
 import json
-import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,20 +48,22 @@ def test_diagnose_writes_records_tensorboard_and_report(default_run, capsys):
     assert "pooled" in printed and "mean of node cosines" in printed and "95% bootstrap over" in printed
 
 
-def test_headline_direction_incorrect_above_correct(default_run):
-    """The method's headline finding: alignment is higher on incorrect rollouts than on correct ones. Asserted on the
-    pooled (noise-debiased) alignment for at least one teacher, with the numbers printed; the intervals are wide at
-    this size and are reported, not required to separate."""
-    summaries = summarize_teachers(read_records(default_run / "records"))
-    lines = []
-    holds = []
-    for s in summaries:
-        inc, cor = s.pooled_incorrect, s.pooled_correct
-        lines.append(f"{s.teacher}: pooled on incorrect {inc} vs on correct {cor}")
-        if not (math.isnan(inc.mean) or math.isnan(cor.mean)):
-            holds.append(inc.mean > cor.mean)
-    print("\n".join(lines))
-    assert any(holds), "\n".join(lines)
+def test_outcome_split_partitions_the_nodes_and_reports_each_side(default_run):
+    """Alignment by rollout outcome (the method's headline comparison) is computed on every node of each side, each
+    with its own count and interval. Which side is higher is a finding, not a property: on the default world it goes
+    either way from one sample to the next (README, "Reading it"), so it is printed, not asserted."""
+    rows = read_records(default_run / "records")
+    rollouts = read_records(default_run / "rollouts")
+    correct = {r["rollout_id"] for r in rollouts if r["correct"]}
+    for s in summarize_teachers(rows):
+        mine = [r for r in rows if r["teacher"] == s.teacher]
+        on_correct = sum(r["rollout_id"] in correct for r in mine)
+        assert s.pooled_correct.n + s.pooled_correct.n_undefined == on_correct
+        assert s.pooled_incorrect.n + s.pooled_incorrect.n_undefined == len(mine) - on_correct
+        assert s.pooled.n == s.pooled_correct.n + s.pooled_incorrect.n
+        for side in (s.pooled_incorrect, s.pooled_correct):
+            assert side.lower <= side.mean <= side.upper
+        print(f"{s.teacher}: pooled on incorrect {s.pooled_incorrect} vs on correct {s.pooled_correct}")
 
 
 def error_line(capsys) -> str:

@@ -142,6 +142,30 @@ def test_side_effects_none_and_seed_determinism():
     assert np.array_equal(np.random.get_state()[1], states[2])
 
 
+def test_a_request_with_its_own_generator_decodes_the_same_whatever_shares_its_batch():
+    model = tiny_model("qwen2", vocab_size=16)
+    sequences = [torch.tensor([3, 4, 5, 6, 7]), torch.tensor([8, 9, 2])]
+
+    def decode(with_other, own):
+        seen = {0: [], 1: []}
+
+        def keep(i):
+            return lambda c: seen[i].extend(c) or [0.0] * len(c)
+
+        def request(i, prefix, cand, seed):
+            g = torch.Generator().manual_seed(seed) if own else None
+            return RolloutRequest(i, prefix, torch.tensor(cand), keep(i), generator=g)
+
+        requests = ([request(1, 3, [4, 5, 6], 7)] if with_other else []) + [request(0, 5, [2, 9], 3)]
+        shared = torch.Generator().manual_seed(0)
+        rollout_requests(model, sequences, requests, 6, 5, eos_token_id=EOS, generator=shared)
+        return seen[0]
+
+    assert decode(with_other=True, own=True) == decode(with_other=False, own=True)
+    # The shared generator's draws go to whichever rows come first: then the other request moves this one's.
+    assert decode(with_other=True, own=False) != decode(with_other=False, own=False)
+
+
 def test_score_errors_are_value_errors():
     model = tiny_model("qwen2", vocab_size=16)
     args = (model, torch.tensor([3, 4]), torch.tensor([2, 5]), 2, 2)

@@ -98,7 +98,7 @@ def test_screening_stops_flat_looking_nodes_and_saves_rollouts(world, draws):
 
 
 def test_stopped_node_has_no_parameter_interval_but_a_logit_one(world):
-    stopped = [d for d in diagnose_node_zero(world, 10, 5, num_bootstrap=50) if d.screened_out]
+    stopped = [d for d in diagnose_node_zero(world, 30, 5, num_bootstrap=50) if d.screened_out]
     assert stopped
     for t in stopped[0].teachers.values():
         assert all(math.isnan(x) for x in t.param_ci)

@@ -136,10 +136,14 @@ def test_nan_teacher_at_one_node_leaves_every_other_node_alone():
     hit = [r for r in poisoned.rows if (r["rollout_id"], r["position"]) == ("0-0", position)]
     assert [r["undefined"] for r in hit] == ["", "non_finite_teacher"] and math.isnan(hit[1]["param_cos"])
     # At that node teacher a is measured as if b were absent; everywhere else nothing moved, except b's rollout-level
-    # cosine, which sums over the rollout's nodes.
-    # (The rollout-level cosine sums over the rollout's nodes, where b still takes part: equal up to rounding.)
-    assert hit[0]["rollout_param_cos"] == pytest.approx(alone.rows[0]["rollout_param_cos"], rel=1e-12)
-    assert _same(dict(hit[0], rollout_param_cos=0.0), dict(alone.rows[0], rollout_param_cos=0.0))
+    # cosine, which sums over the rollout's nodes. The rollout's backward carries b's vectors (of its other nodes) in
+    # one run and not in the other, so its parameter-space products agree to float32 rounding, not bit for bit.
+    param = {k for k in hit[0] if k.startswith(("param_", "rollout_param_", "ideal_norm2_param"))}
+    for key in param:
+        assert hit[0][key] == pytest.approx(alone.rows[0][key], rel=1e-5, abs=1e-6, nan_ok=True), key
+    assert _same(
+        {k: v for k, v in hit[0].items() if k not in param}, {k: alone.rows[0][k] for k in hit[0] if k not in param}
+    )
     for x, y in zip(poisoned.rows, clean.rows, strict=True):
         if (x["rollout_id"], x["position"]) == ("0-0", position):
             continue
@@ -214,7 +218,10 @@ def test_unscorable_continuations_are_left_out_of_the_estimate_and_counted(caplo
     assert len(result.rows) == 9 and len(result.rollouts) == 3
     # Each node decoded num_rollouts per candidate; the unscorable ones are out of the counts, not scored 0.
     assert sum(r["rollouts_spent"] - sum(r["success_counts"]) for r in result.rows) == reward.unscorable
-    assert all(r["rollouts_spent"] == CONFIG.num_rollouts * len(r["candidates"]) for r in result.rows)
+    assert all(
+        r["rollouts_spent"] == (1 if r["screened_out"] else CONFIG.num_rollouts) * len(r["candidates"])
+        for r in result.rows
+    )
     assert any(r["undefined"] == "" and not math.isnan(r["param_cos"]) for r in result.rows)
     (message,) = _gad_warnings(caplog)
     assert f"{reward.unscorable} of {sum(r['rollouts_spent'] for r in result.rows)} targeted continuations" in message
@@ -274,6 +281,27 @@ def test_verifier_raising_on_targeted_continuations_skips_that_rollout_only():
     result = _run([_teacher("a", 1)], reward=reward, rollouts=rollouts)
     assert result.skipped == {"verifier_error": 1}
     assert {r["rollout_id"] for r in result.rollouts} == {"0-0", "0-2"}
+
+
+def test_rollouts_decode_together_yet_each_keeps_its_own_numbers(monkeypatch):
+    # A pass diagnoses its rollouts together (one decode per round for all of them), and each node draws only from
+    # its own rollout's seed: a rollout gets the same continuations, alone or among others.
+    from gad_callbacks.diagnosis import diagnose
+
+    calls = []
+    decode = diagnose.rollout_requests
+    monkeypatch.setattr(diagnose, "rollout_requests", lambda *a, **k: calls.append(len(a[2])) or decode(*a, **k))
+    rollouts = _rollouts()
+    together = _run([_teacher("a", 1)], rollouts=rollouts)
+    assert calls[0] == 9 and len(calls) <= 2  # the screening round of all 9 nodes, then the rest of the kept ones
+    alone = _run([_teacher("a", 1)], rollouts=rollouts[1:2])
+    mine = [r for r in together.rows if r["rollout_id"] == "0-1"]
+    assert len(mine) == len(alone.rows) == 3
+    for x, y in zip(mine, alone.rows, strict=True):
+        for key in ("position", "candidates", "success", "success_counts", "screened_out", "pool_weight", "undefined"):
+            assert x[key] == y[key], key
+        for key in ("param_cos", "logit_cos", "rollout_param_cos", "param_ci_low", "logit_ci_high"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6, nan_ok=True), key
 
 
 def test_student_overflowing_mid_continuation_leaves_only_that_continuation_unscorable():
