@@ -1,5 +1,7 @@
 """Adapters read each trainer's loss exactly as the trainer computes it, and re-map teacher positions correctly."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -40,6 +42,10 @@ def test_distillation_adapter_matches_trainer_loss(tmp_path):
     z, zq = random_logits(1)
     eye = torch.eye(V, dtype=torch.float64)
 
+    # Older TRL (1.13) takes the chunk size as an argument; later versions read it from the trainer.
+    chunked = "chunk_size" in inspect.signature(_chunked_divergence_loss).parameters
+    extra = {"chunk_size": 1} if chunked else {}
+
     def trainer_loss(zz):  # what DistillationTrainer._compute_loss calls, with the trainer's own beta/temperature
         return _chunked_divergence_loss(
             zz.view(1, 1, V),
@@ -49,6 +55,7 @@ def test_distillation_adapter_matches_trainer_loss(tmp_path):
             torch.ones(1, 1),
             trainer.beta,
             temperature=trainer.temperature,
+            **extra,
         )[0]
 
     torch.testing.assert_close(
