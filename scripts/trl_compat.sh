@@ -20,8 +20,9 @@ for version in "${versions[@]}"; do
   venv=$(mktemp -d)/venv
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q torch==2.13.0
-  # TRL 1.13's DistillationTrainer imports `requests` (through its vLLM client) without declaring it.
-  "$venv/bin/pip" install -q -e ".[test]" "trl==$version" requests
+  # TRL 1.13's DistillationTrainer imports `requests` (through its vLLM client) and its AsyncDistillationTrainer
+  # `aiohttp`, without declaring either.
+  "$venv/bin/pip" install -q -e ".[test]" "trl==$version" requests aiohttp
   echo "trl_compat: trl $("$venv/bin/python" -c 'import trl; print(trl.__version__)')"
   OMP_NUM_THREADS=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/integration tests/recipes
   rm -rf "$(dirname "$venv")"

@@ -237,6 +237,25 @@ class SDFTAdapter(TrainerAdapter):
         )
 
 
+#: Trainers whose rollouts or teacher live outside the training process, by class name: why each is refused.
+REMOTE_TRAINERS = {
+    "ServerDistillationTrainer": (
+        "its teacher runs on a vLLM server that returns only its top-k log-probabilities, so the teacher's logits at a "
+        "node, and the gradient of the trainer's sparse loss over the vocabulary, are not in this process"
+    ),
+    "AsyncDistillationTrainer": (
+        "its rollouts come from a background worker process through a queue that training consumes (reading them "
+        "would take batches from the run), and its teacher runs on a vLLM server that returns only its top-k "
+        "log-probabilities"
+    ),
+}
+CLI_POINTER = (
+    "Diagnose the same student, teacher and data without training: `gad diagnose --config "
+    "configs/diagnose_default.yaml --student PATH --teachers teacher=PATH --dataset DATA` (see the README, "
+    '"Verifiers and datasets"), or train with trl.DistillationTrainer and the teacher loaded in-process.'
+)
+
+
 def adapter_for(trainer, rollouts_per_pause: int = 4) -> TrainerAdapter:
     """The adapter of a supported trainer, or a `ValueError` naming the supported ones."""
     from trl import DistillationTrainer
@@ -246,6 +265,13 @@ def adapter_for(trainer, rollouts_per_pause: int = 4) -> TrainerAdapter:
         from trl.experimental.gkd import GKDTrainer
         from trl.experimental.sdft import SDFTTrainer
 
+    # Before the isinstance checks: ServerDistillationTrainer subclasses DistillationTrainer but has no local teacher.
+    for cls in type(trainer).__mro__:
+        if cls.__name__ in REMOTE_TRAINERS:
+            raise ValueError(
+                f"GradientAlignmentCallback does not support {type(trainer).__name__}: {REMOTE_TRAINERS[cls.__name__]}. "
+                f"{CLI_POINTER}"
+            )
     if isinstance(trainer, SDFTTrainer):
         return SDFTAdapter(trainer)
     if isinstance(trainer, GKDTrainer):

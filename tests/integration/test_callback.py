@@ -7,6 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
+from gad_callbacks.integration.adapters import adapter_for
 from gad_callbacks.method.stats import pooled_ratio
 from gad_callbacks.outputs.records import read_records
 from gad_callbacks.outputs.runs import find_runs
@@ -176,6 +177,23 @@ def test_attach_time_errors_name_the_fix(tmp_path):
     )
     with pytest.raises(ValueError, match="does not support Trainer"):
         GradientAlignmentCallback(plain, config())
+
+
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("trl.experimental.server_distillation", "ServerDistillationTrainer"),
+        ("trl.experimental.async_distillation", "AsyncDistillationTrainer"),
+    ],
+)
+def test_trainers_with_a_remote_teacher_or_rollouts_are_refused_with_the_reason(module, name):
+    # ServerDistillationTrainer subclasses DistillationTrainer: it must not be taken for one (it has no local teacher).
+    # Neither can be built without a vLLM server; the refusal depends on the class alone.
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValueError, match=f"does not support {name}: its .*vLLM server.*gad diagnose --config"):
+        adapter_for(cls.__new__(cls))
 
 
 def test_failing_verifier_is_a_counted_skip_not_a_crash(tmp_path):
