@@ -1,7 +1,7 @@
-"""What a diagnostic pass returns: plain dataclasses, one per node and one per rollout."""
+"""What a diagnostic pass returns: plain dataclasses, one per node and one per rollout, and their record rows."""
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -224,3 +224,50 @@ class NodeRecord:
     def node(self) -> tuple:
         """The node's identity, shared by every teacher's row at it."""
         return (self.step, self.rollout_id, self.position)
+
+
+def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list[dict]:
+    """
+    One row per (node, teacher), a [`NodeRecord`] as a dict; `node_meta[i]` (where node `i` sits: `NodeRecord`
+    field names) is copied into each of its rows.
+    """
+    rollout_cos = {r.sequence: r.param_cos for r in diagnosis.rollouts}
+    rows = []
+    for node, meta in zip(diagnosis.nodes, node_meta, strict=True):
+        for teacher, a in node.teachers.items():
+            record = NodeRecord(
+                step=step,
+                **meta,
+                teacher=teacher,
+                param_cos=a.param_cos,
+                param_ci_low=a.param_ci[0],
+                param_ci_high=a.param_ci[1],
+                logit_cos=a.logit_cos,
+                logit_ci_low=a.logit_ci[0],
+                logit_ci_high=a.logit_ci[1],
+                restricted_cos=a.restricted_cos,
+                outside_share=a.outside_share,
+                advantage=a.advantage,
+                undefined=node.undefined.get(teacher, ""),
+                value=node.value,
+                token=node.sampled_token,
+                candidates=node.candidates.tolist(),
+                success=node.success.mean.tolist(),
+                success_low=node.success.lower.tolist(),
+                success_high=node.success.upper.tolist(),
+                success_counts=node.success.count.tolist(),
+                targeted_per_candidate=int(node.success.count.max()) if node.candidates.numel() else 0,
+                rollouts_spent=node.rollouts_spent,
+                truncated=int(node.success.truncated.sum()),
+                rollout_param_cos=rollout_cos.get(node.sequence, {}).get(teacher, math.nan),
+                param_proj=a.param_proj,
+                logit_proj=a.logit_proj,
+                ideal_norm2_param=node.ideal_norm2.get("param", math.nan),
+                ideal_norm2_logit=node.ideal_norm2.get("logit", math.nan),
+                distance=a.distance,
+                region_flat=node.region_flat,
+                pool_weight=node.pool_weight,
+                screened_out=node.screened_out,
+            )
+            rows.append(asdict(record))
+    return rows

@@ -4,8 +4,8 @@ For each rollout: verify it (correct / incorrect), choose nodes, read every teac
 diagnosis (targeted rollouts, directions, cosines) runs on the nodes of several rollouts at once, so that their
 targeted continuations decode in full batches: on a real model a decode step costs nearly as much for 8 rows as for
 32, so rollouts decoded one by one paid for mostly empty batches. Each node still draws only from its own rollout's
-seed. Returns plain rows: one per
-(node, teacher), one per rollout, and the counted reasons for anything skipped. Nothing here knows about trainers.
+seed. Returns plain rows: one per (node, teacher), one per rollout, and the counted reasons for anything skipped.
+Nothing here knows about trainers.
 
 A bad value costs only what it touches, and is counted: an unscorable verdict (NaN / inf / None reward) skips its
 rollout, an unscorable targeted continuation is left out of its candidate's estimate, a non-finite student or
@@ -28,7 +28,7 @@ from ..method.nodes import STRATEGIES, entropy, select_nodes
 from ..method.streams import derive_seed, stream
 from .diagnose import diagnose_nodes
 from .inputs import DiagnosisConfig, Node
-from .results import Diagnosis, NodeRecord
+from .results import Diagnosis, node_records
 from .teachers import Rollout, TeacherSource
 
 
@@ -155,53 +155,6 @@ class _Trouble:
             for teacher, reason in reasons:
                 if reason == "non_finite_teacher":
                     self.add("non_finite_teacher", f"teacher {teacher!r}, {where}")
-
-
-def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list[dict]:
-    """
-    One row per (node, teacher), a [`NodeRecord`] as a dict; `node_meta[i]` (where node `i` sits: `NodeRecord`
-    field names) is copied into each of its rows.
-    """
-    rollout_cos = {r.sequence: r.param_cos for r in diagnosis.rollouts}
-    rows = []
-    for node, meta in zip(diagnosis.nodes, node_meta, strict=True):
-        for teacher, a in node.teachers.items():
-            record = NodeRecord(
-                step=step,
-                **meta,
-                teacher=teacher,
-                param_cos=a.param_cos,
-                param_ci_low=a.param_ci[0],
-                param_ci_high=a.param_ci[1],
-                logit_cos=a.logit_cos,
-                logit_ci_low=a.logit_ci[0],
-                logit_ci_high=a.logit_ci[1],
-                restricted_cos=a.restricted_cos,
-                outside_share=a.outside_share,
-                advantage=a.advantage,
-                undefined=node.undefined.get(teacher, ""),
-                value=node.value,
-                token=node.sampled_token,
-                candidates=node.candidates.tolist(),
-                success=node.success.mean.tolist(),
-                success_low=node.success.lower.tolist(),
-                success_high=node.success.upper.tolist(),
-                success_counts=node.success.count.tolist(),
-                targeted_per_candidate=int(node.success.count.max()) if node.candidates.numel() else 0,
-                rollouts_spent=node.rollouts_spent,
-                truncated=int(node.success.truncated.sum()),
-                rollout_param_cos=rollout_cos.get(node.sequence, {}).get(teacher, math.nan),
-                param_proj=a.param_proj,
-                logit_proj=a.logit_proj,
-                ideal_norm2_param=node.ideal_norm2.get("param", math.nan),
-                ideal_norm2_logit=node.ideal_norm2.get("logit", math.nan),
-                distance=a.distance,
-                region_flat=node.region_flat,
-                pool_weight=node.pool_weight,
-                screened_out=node.screened_out,
-            )
-            rows.append(dataclasses.asdict(record))
-    return rows
 
 
 def _rollout_groups(count, nodes_per_rollout, num_teachers, config):
