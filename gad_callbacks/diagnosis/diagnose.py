@@ -137,14 +137,13 @@ def _targeted_rollouts(model, sequences, nodes, prepared, config):
             rows[cand.tolist().index(prepared[i]["sampled"])] = torch.tensor([float(observed)], dtype=torch.float64)
             prepared[i]["success"] = SuccessEstimate(cand, pad_rows(rows), torch.zeros(cand.numel(), dtype=torch.long))
             prepared[i]["reused"] = 1
+    first = config.first_round
     if config.allocation == "uniform":
-        first = config.screen_rollouts if 0 < config.screen_rollouts < config.num_rollouts else config.num_rollouts
         run({i: torch.full((prepared[i]["candidates"].numel(),), first) for i in todo})
         if first < config.num_rollouts:
             rest = [i for i in todo if _screen(prepared[i], config)]
             run({i: torch.full((prepared[i]["candidates"].numel(),), config.num_rollouts - first) for i in rest})
         return
-    first = min(config.min_rollouts, config.num_rollouts)
     run({i: torch.full((prepared[i]["candidates"].numel(),), first) for i in todo})
     budgets = {i: config.num_rollouts * prepared[i]["candidates"].numel() for i in todo}
     for r in range(config.allocation_rounds):

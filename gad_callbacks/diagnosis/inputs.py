@@ -195,6 +195,13 @@ class DiagnosisConfig:
                 f"Invalid DiagnosisConfig value(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}."
             )
 
+    @property
+    def first_round(self) -> int:
+        """Targeted continuations per candidate in the first round: the screen, adaptive's first round, or all."""
+        if self.allocation == "adaptive":
+            return min(self.min_rollouts, self.num_rollouts)
+        return self.screen_rollouts if 0 < self.screen_rollouts < self.num_rollouts else self.num_rollouts
+
 
 @dataclass
 class Node:

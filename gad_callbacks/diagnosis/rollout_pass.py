@@ -162,12 +162,7 @@ def _rollout_groups(count, nodes_per_rollout, num_teachers, config):
     Consecutive rollouts diagnosed together: as many as the first round of targeted continuations of their nodes fits
     in one decode batch (`max_batch_rows`), which also bounds the prefix caches held at once.
     """
-    first = config.num_rollouts
-    if config.allocation == "adaptive":
-        first = min(config.min_rollouts, config.num_rollouts)
-    elif 0 < config.screen_rollouts < config.num_rollouts:
-        first = config.screen_rollouts
-    rows = nodes_per_rollout * (config.max_candidates + 1 + num_teachers * config.teacher_top) * first
+    rows = nodes_per_rollout * (config.max_candidates + 1 + num_teachers * config.teacher_top) * config.first_round
     # At most 16: a group holds every rollout's prefix cache and its nodes' vocabulary-sized vectors at once.
     size = min(16, max(1, config.max_batch_rows // max(rows, 1)))
     return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
