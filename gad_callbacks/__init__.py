@@ -14,6 +14,7 @@ from .diagnosis import (
     TeacherAlignment,
     TeacherLoss,
     TeacherSource,
+    TrainerDirection,
     context_teacher,
     diagnose_node,
     diagnose_nodes,
@@ -44,7 +45,7 @@ from .outputs.aggregate import aggregate
 from .outputs.summary import format_table
 
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "ChoiceAnswerReward",
@@ -69,6 +70,7 @@ __all__ = [
     "PassSettings",
     "Rollout",
     "TeacherSource",
+    "TrainerDirection",
     "diagnose_rollouts",
     "RolloutAlignment",
     "RolloutRequest",

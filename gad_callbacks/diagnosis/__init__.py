@@ -1,7 +1,7 @@
 """Layer 3: one diagnostic pass over nodes of student rollouts, independent of any trainer."""
 
 from .diagnose import diagnose_node, diagnose_nodes
-from .inputs import DiagnosisConfig, Node, TeacherLoss
+from .inputs import DiagnosisConfig, Node, TeacherLoss, TrainerDirection
 from .pooling import pooled_alignment
 from .results import Diagnosis, NodeDiagnosis, RolloutAlignment, TeacherAlignment
 from .rollout_pass import PassResult, PassSettings, diagnose_rollouts, verify_rollout
@@ -22,6 +22,7 @@ __all__ = [
     "TeacherAlignment",
     "TeacherLoss",
     "TeacherSource",
+    "TrainerDirection",
     "context_teacher",
     "diagnose_node",
     "diagnose_nodes",

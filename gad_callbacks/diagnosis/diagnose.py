@@ -48,7 +48,7 @@ from ..method.intervals import cosine_intervals, region_has_flat
 from ..method.nodes import candidate_set
 from ..method.streams import derive_seed, stream
 from ..method.success import SuccessEstimate, pad_rows
-from .inputs import DiagnosisConfig, Node, TeacherLoss
+from .inputs import DiagnosisConfig, Node, TeacherLoss, TrainerDirection
 from .param_grams import param_grams, rollout_cosines
 from .results import (
     Diagnosis,
@@ -73,7 +73,8 @@ def _student_logits(model, sequences, nodes) -> list[torch.Tensor]:
     return out
 
 
-def _check_nodes(sequences, nodes, names):
+def _check_nodes(sequences, nodes, losses):
+    names = list(losses)
     for i, node in enumerate(nodes):
         if not 0 <= node.sequence < len(sequences):
             raise ValueError(
@@ -88,6 +89,12 @@ def _check_nodes(sequences, nodes, names):
             )
         if node.success is None and node.score is None:
             raise ValueError(f"Node {i} has neither a `score` function nor a known `success` estimate.")
+        for name, loss in losses.items():
+            if isinstance(node.teacher_logits[name], TrainerDirection) != (loss.loss == "trainer"):
+                raise ValueError(
+                    f"Node {i}, teacher {name!r}: a TrainerDirection goes with TeacherLoss('trainer') and only with it "
+                    f"(the loss is {loss.loss!r})."
+                )
 
 
 def _targeted_rollouts(model, sequences, nodes, prepared, config):
@@ -263,7 +270,7 @@ def diagnose_nodes(
     config = config or DiagnosisConfig()
     names = list(teacher_losses)
     sequences = [torch.as_tensor(s).reshape(-1).long() for s in sequences]
-    _check_nodes(sequences, nodes, names)
+    _check_nodes(sequences, nodes, teacher_losses)
     # A node without its own seed gets one from its index in this call: replicates of one node draw differently.
     nodes = [
         n if n.seed is not None else dataclasses.replace(n, seed=derive_seed(config.seed, i))
@@ -298,7 +305,9 @@ def _diagnose(model, sequences, nodes, student, teacher_losses, config) -> Diagn
     prepared = []
     for node, z in zip(nodes, student, strict=True):
         signal = {n: node.teacher_signal(n, z.numel()) for n in names}
-        teacher, why = {n: v for n, (v, _) in signal.items()}, {n: r for n, (_, r) in signal.items()}
+        given = {n: v for n, (v, _) in signal.items() if isinstance(v, TrainerDirection)}
+        teacher = {n: given[n].teacher_logits if n in given else v for n, (v, _) in signal.items()}
+        why = {n: r for n, (_, r) in signal.items()}
         sampled = node.sampled(sequences[node.sequence])
         if node.success is not None:
             candidates = node.success.candidates
@@ -318,6 +327,13 @@ def _diagnose(model, sequences, nodes, student, teacher_losses, config) -> Diagn
         prep["p_k"], prep["success"] = p[candidates], node.success
         prep["directions"], prep["undefined"], prep["distance"] = {}, {}, {}
         for name, loss in teacher_losses.items():
+            if name in given:  # the trainer's own loss over the rollout gave the direction (see `TrainerDirection`)
+                if teacher[name] is not None:
+                    prep["distance"][name] = loss.distance(z, teacher[name])
+                prep["directions"][name] = given[name].direction
+                if not bool(given[name].direction.any()):
+                    prep["undefined"][name] = "zero_direction"
+                continue
             if teacher[name] is None:
                 prep["directions"][name] = torch.zeros_like(z)
                 prep["undefined"][name] = why[name]

@@ -17,7 +17,10 @@ class TeacherLoss:
 
     Args:
         loss (`str`, *optional*, defaults to `"reverse_kl"`):
-            `"reverse_kl"`, `"forward_kl"`, `"jsd"` or `"sampled_token"`.
+            `"reverse_kl"`, `"forward_kl"`, `"jsd"`, `"sampled_token"`, or `"trainer"`: the direction at each node is
+            given whole, as a [`TrainerDirection`] in the node's teacher signal (the host trainer's own loss over the
+            rollout, differentiated by autograd; for losses whose gradient at a position depends on more than the two
+            distributions there).
         beta (`float`, *optional*):
             TRL's `beta` for `"jsd"` (0 forward KL, 1 reverse KL).
         temperature (`float`, *optional*, defaults to `1.0`):
@@ -35,8 +38,8 @@ class TeacherLoss:
     add_tail: bool = False
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"Unknown loss {self.loss!r}; expected one of {LOSSES}.")
+        if self.loss not in (*LOSSES, "trainer"):
+            raise ValueError(f"Unknown loss {self.loss!r}; expected one of {(*LOSSES, 'trainer')}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
 
@@ -52,6 +55,8 @@ class TeacherLoss:
         return total_variation(log_p, log_q)
 
     def direction(self, student_logits, teacher_logits, sampled_token=None) -> torch.Tensor:
+        if self.loss == "trainer":
+            raise ValueError("A 'trainer' loss has no per-node formula: its direction comes with the node.")
         return distillation_direction(
             student_logits,
             teacher_logits,
@@ -62,6 +67,27 @@ class TeacherLoss:
             top_k=self.top_k,
             add_tail=self.add_tail,
         )
+
+
+@dataclass
+class TrainerDirection:
+    """
+    A teacher's signal at a node, given whole (a teacher whose loss is `TeacherLoss("trainer")`).
+
+    Some trainers' losses are not a function of the two distributions at one position: a cross-tokenizer sequence
+    alignment (GOLD's ULD), per-token weights computed over the whole rollout (IW-OPD), a reward term beside the
+    distillation (SDPO). Their direction at a node is `-dL/dz` there, `L` the trainer's own loss over the rollout,
+    computed by autograd by whoever builds the node (the trainer's adapter).
+
+    Args:
+        direction (`torch.Tensor`): `-dL/dz` at the node, `[V]` over the student's vocabulary.
+        teacher_logits (`torch.Tensor`, *optional*): The teacher's logits at the node over the student's vocabulary,
+            when it has them (for the teacher advantage, the candidate set and the distance); None for a teacher
+            with another tokenizer.
+    """
+
+    direction: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
 
 
 ALLOCATIONS = ("adaptive", "uniform")
@@ -214,8 +240,9 @@ class Node:
         prefix_len (`int`):
             Tokens before the node; the student's logits at position `prefix_len - 1` are its next-token logits.
         teacher_logits (`dict[str, torch.Tensor | None]`):
-            Each teacher's logits at the node, `[V]`, already re-mapped to this student position; `None` when the
-            teacher's loss gives no signal at this node (recorded as undefined, `"no_signal"`).
+            Each teacher's logits at the node, `[V]`, already re-mapped to this student position (a
+            [`TrainerDirection`] for a teacher whose loss is `"trainer"`); `None` when the teacher's loss gives no
+            signal at this node (recorded as undefined, `"no_signal"`).
         score (`Callable`):
             Verifier of continuations (see [`estimate_success`]).
         sampled_token (`int`, *optional*):
@@ -234,7 +261,7 @@ class Node:
 
     sequence: int
     prefix_len: int
-    teacher_logits: dict[str, torch.Tensor | None]
+    teacher_logits: dict[str, "torch.Tensor | TrainerDirection | None"]
     score: Callable | None = None
     sampled_token: int | None = None
     success: SuccessEstimate | None = None
@@ -248,20 +275,34 @@ class Node:
             return int(sequence[self.prefix_len])
         return self.sampled_token
 
-    def teacher_signal(self, name: str, vocab: int) -> tuple[torch.Tensor | None, str]:
+    def teacher_signal(self, name: str, vocab: int) -> tuple["torch.Tensor | TrainerDirection | None", str]:
         """
-        Teacher `name`'s logits here as a float32 CPU vector, or `None` with why it gives no usable signal:
-        `"no_signal"` (no logits) or `"non_finite_teacher"` (NaN / inf: that teacher is undefined at this node only).
+        Teacher `name`'s logits here as a float32 CPU vector (or its [`TrainerDirection`], likewise), or `None` with
+        why it gives no usable signal: `"no_signal"` (none) or `"non_finite_teacher"` (NaN / inf: that teacher is
+        undefined at this node only).
         """
-        logits = self.teacher_logits[name]
-        if logits is None:
+        signal = self.teacher_logits[name]
+        if signal is None:
             return None, "no_signal"
-        logits = logits.reshape(-1).float().cpu()
-        if logits.numel() != vocab:
-            raise ValueError(
-                f"Teacher {name!r} has {logits.numel()} logits, the student {vocab}: teachers must share the "
-                "student's vocabulary (same tokenizer)."
-            )
+        if isinstance(signal, TrainerDirection):
+            direction = _vocabulary_vector(name, signal.direction, vocab)
+            logits = None if signal.teacher_logits is None else _vocabulary_vector(name, signal.teacher_logits, vocab)
+            if not bool(torch.isfinite(direction).all()) or (
+                logits is not None and not bool(torch.isfinite(logits).all())
+            ):
+                return None, "non_finite_teacher"
+            return TrainerDirection(direction, logits), ""
+        logits = _vocabulary_vector(name, signal, vocab)
         if not bool(torch.isfinite(logits).all()):
             return None, "non_finite_teacher"
         return logits, ""
+
+
+def _vocabulary_vector(name: str, vector: torch.Tensor, vocab: int) -> torch.Tensor:
+    vector = vector.reshape(-1).float().cpu()
+    if vector.numel() != vocab:
+        raise ValueError(
+            f"Teacher {name!r} has {vector.numel()} logits, the student {vocab}: teachers must share the "
+            "student's vocabulary (same tokenizer)."
+        )
+    return vector

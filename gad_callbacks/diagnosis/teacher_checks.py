@@ -13,6 +13,12 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+CROSS_TOKENIZER = (
+    "A teacher with another tokenizer is diagnosable only as the trainer's own teacher, in a trainer whose loss aligns "
+    "the two tokenizations: trl.experimental.gold.GOLDTrainer with use_uld_loss=True and teacher_tokenizer_name_or_path."
+)
+
+
 def vocabulary_size(model) -> int:
     """Rows of the output embedding (`ds_shape` under DeepSpeed ZeRO-3, where the local tensor is an empty shard)."""
     weight = model.get_output_embeddings().weight
@@ -25,7 +31,7 @@ def check_vocabulary(name: str, teacher, student) -> None:
     if t_vocab != s_vocab:
         raise ValueError(
             f"Teacher {name!r} has a vocabulary of {t_vocab} tokens, the student {s_vocab}: gradient alignment needs "
-            "a teacher that shares the student's tokenizer. Use a teacher of the same model family."
+            f"a teacher that shares the student's tokenizer. Use a teacher of the same model family. {CROSS_TOKENIZER}"
         )
 
 
@@ -58,7 +64,8 @@ def check_tokenizers(name: str, teacher_tokenizer, student_tokenizer) -> None:
         raise ValueError(
             f"Teacher {name!r} has another tokenizer than the student ({len(differ)} of {len(student)} token ids "
             f"differ; {shown}{', ...' if len(differ) > 3 else ''}): its logits would be compared with the student's "
-            "on different tokens. Use a teacher that shares the student's tokenizer (the same model family)."
+            f"on different tokens. Use a teacher that shares the student's tokenizer (the same model family). "
+            f"{CROSS_TOKENIZER}"
         )
     roles = ("eos_token", "bos_token", "pad_token", "unk_token")
     changed = [r for r in roles if getattr(teacher_tokenizer, r, None) != getattr(student_tokenizer, r, None)]

@@ -64,6 +64,9 @@ class TeacherSource:
         prompt (`Callable[[Rollout], list[int] | None]`): The teacher's prompt ids for a rollout (None: unavailable).
         context (`Callable`): Context manager factory the forward runs under (e.g. adapters disabled).
         skip_positions (`int`): Completion positions before this carry no loss for this teacher.
+        directions (`Callable[[Rollout, list[int]], list[TrainerDirection | None]]`, *optional*): For a teacher whose
+            loss is `TeacherLoss("trainer")`: its direction at each completion position, from the trainer's own loss
+            over the rollout (run under `context`). `prompt` is then unused.
     """
 
     name: str
@@ -72,8 +75,13 @@ class TeacherSource:
     prompt: Callable[[Rollout], list[int] | None]
     context: Callable = contextlib.nullcontext
     skip_positions: int = 0
+    directions: Callable | None = None
 
-    def logits(self, rollout: Rollout, positions: list[int]) -> list[torch.Tensor | None]:
+    def logits(self, rollout: Rollout, positions: list[int]) -> list:
+        if self.directions is not None:
+            with self.context():
+                given = self.directions(rollout, positions)
+            return [None if t < self.skip_positions else d for t, d in zip(positions, given, strict=True)]
         prompt = self.prompt(rollout)
         if prompt is None:
             return [None] * len(positions)

@@ -96,6 +96,69 @@ class TrainerAdapter:
         model = self.trainer.accelerator.unwrap_model(self.trainer.teacher_model)
         return TeacherSource(name, self.teacher_loss(), model, lambda rollout: rollout.prompt_ids)
 
+    #: True when the trainer's own teacher may have another tokenizer (its loss aligns the two: GOLD's ULD)
+    cross_tokenizer_teacher = False
+
+    def wrap(self, source: TeacherSource) -> TeacherSource:
+        """An extra teacher or context as this trainer's loss would use it (identity for per-position losses)."""
+        return source
+
+    def _chat_prompt_of(self, row: dict):
+        """The prompt of a conversational row (`messages` without its final assistant turn) or of a `prompt` row."""
+        if "messages" in row:
+            messages = row["messages"]
+            return messages[:-1] if messages and messages[-1].get("role") == "assistant" else messages
+        return row["prompt"]
+
+    def _chat_tokenize(self, prompts: list) -> list[list[int]]:
+        out = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                out.append(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            else:
+                out.append(
+                    list(
+                        self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)[
+                            "input_ids"
+                        ]
+                    )
+                )
+        return out
+
+    def _fresh(self, student, generator: torch.Generator, n: int) -> list[Rollout]:
+        """`n` fresh rollouts from training prompts, sampled at the trainer's temperature and completion length."""
+        n = min(n, len(self.dataset))
+        indices = torch.randperm(len(self.dataset), generator=generator)[:n].tolist()
+        rows = [self.dataset[i] for i in indices]
+        prompts = self.tokenize_prompts([self.prompt_of(r) for r in rows])
+        device_gen = torch.Generator(device=next(student.parameters()).device).manual_seed(
+            int(torch.randint(0, 2**62, (1,), generator=generator))
+        )
+        completions = sample_completions(
+            student,
+            prompts,
+            self.max_completion_length(),
+            temperature=self.temperature(),
+            eos_token_id=eos_token_ids(student, self.tokenizer),
+            generator=device_gen,
+        )
+        return [
+            Rollout(self.prompt_of(r), p, c, r, i)
+            for p, c, r, i in zip(prompts, completions, rows, indices, strict=True)
+        ]
+
+    def _row_extras(self, batch: dict, b: int) -> dict:
+        """What a teacher needs besides the ids, from row `b` of a buffered batch."""
+        extras = {}
+        if (
+            "teacher_input_ids" in batch
+        ):  # SDFT / SDPO: the privileged teacher prompt (left-padded), then the completion
+            width = batch["completion_ids"].shape[1]
+            t_ids = batch["teacher_input_ids"][b, :-width].cpu()
+            t_mask = batch["teacher_attention_mask"][b, :-width].cpu()
+            extras["trainer_teacher_prompt_ids"] = _unpadded(t_ids, t_mask)
+        return extras
+
     def _buffered(self) -> list[Rollout]:
         buffers = getattr(self.trainer, "_buffered_inputs", None)
         if not buffers:
@@ -107,14 +170,7 @@ class TrainerAdapter:
                 completion = _unpadded(batch["completion_ids"][b].cpu(), batch["completion_mask"][b].cpu())
                 index = self.index.lookup(prompt)
                 row = self.row(index)
-                extras = {}
-                if (
-                    "teacher_input_ids" in batch
-                ):  # SDFT: the privileged teacher prompt (left-padded), then the completion
-                    width = batch["completion_ids"].shape[1]
-                    t_ids = batch["teacher_input_ids"][b, :-width].cpu()
-                    t_mask = batch["teacher_attention_mask"][b, :-width].cpu()
-                    extras["trainer_teacher_prompt_ids"] = _unpadded(t_ids, t_mask)
+                extras = self._row_extras(batch, b)
                 prompt_obj = None if row is None else self.prompt_of(row)
                 rollouts.append(Rollout(prompt_obj, prompt, completion, row, index, extras))
         return rollouts
@@ -156,43 +212,13 @@ class GKDAdapter(TrainerAdapter):
         return int(self.args.max_new_tokens)
 
     def prompt_of(self, row):
-        return row["messages"][:-1] if "messages" in row else row["prompt"]
+        return self._chat_prompt_of(row)
 
     def tokenize_prompts(self, prompts):
-        out = []
-        for prompt in prompts:
-            if isinstance(prompt, str):
-                out.append(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            else:
-                out.append(
-                    list(
-                        self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)[
-                            "input_ids"
-                        ]
-                    )
-                )
-        return out
+        return self._chat_tokenize(prompts)
 
     def rollouts(self, student, generator):
-        n = min(self.rollouts_per_pause, len(self.dataset))
-        indices = torch.randperm(len(self.dataset), generator=generator)[:n].tolist()
-        rows = [self.dataset[i] for i in indices]
-        prompts = self.tokenize_prompts([self.prompt_of(r) for r in rows])
-        device_gen = torch.Generator(device=next(student.parameters()).device).manual_seed(
-            int(torch.randint(0, 2**62, (1,), generator=generator))
-        )
-        completions = sample_completions(
-            student,
-            prompts,
-            self.max_completion_length(),
-            temperature=self.temperature(),
-            eos_token_id=eos_token_ids(student, self.tokenizer),
-            generator=device_gen,
-        )
-        return [
-            Rollout(self.prompt_of(r), p, c, r, i)
-            for p, c, r, i in zip(prompts, completions, rows, indices, strict=True)
-        ]
+        return self._fresh(student, generator, self.rollouts_per_pause)
 
 
 class SDFTAdapter(TrainerAdapter):
@@ -256,14 +282,30 @@ CLI_POINTER = (
 )
 
 
+#: Teacher-server settings (the teacher's logits are not in this process), by trainer attribute: why each is refused.
+TEACHER_SERVER = (
+    "its teacher runs on a vLLM server (`use_teacher_server=True`) that returns only top-k log-probabilities, so the "
+    "teacher's logits at a node, and the gradient of the trainer's loss over the vocabulary, are not in this process"
+)
+SUPPORTED = (
+    "trl.DistillationTrainer, trl.experimental.gkd.GKDTrainer, trl.experimental.sdft.SDFTTrainer, "
+    "trl.experimental.gold.GOLDTrainer, trl.experimental.sdpo.SDPOTrainer, trl.experimental.iw_opd.IWOPDTrainer"
+)
+
+
 def adapter_for(trainer, rollouts_per_pause: int = 4) -> TrainerAdapter:
     """The adapter of a supported trainer, or a `ValueError` naming the supported ones."""
     from trl import DistillationTrainer
 
+    from .rollout_losses import GOLDAdapter, IWOPDAdapter, SDPOAdapter
+
     with warnings.catch_warnings():  # importing trl.experimental warns; the user chose these trainers already
         warnings.simplefilter("ignore")
         from trl.experimental.gkd import GKDTrainer
+        from trl.experimental.gold import GOLDTrainer
+        from trl.experimental.iw_opd import IWOPDTrainer
         from trl.experimental.sdft import SDFTTrainer
+        from trl.experimental.sdpo import SDPOTrainer
 
     # Before the isinstance checks: ServerDistillationTrainer subclasses DistillationTrainer but has no local teacher.
     for cls in type(trainer).__mro__:
@@ -272,13 +314,23 @@ def adapter_for(trainer, rollouts_per_pause: int = 4) -> TrainerAdapter:
                 f"GradientAlignmentCallback does not support {type(trainer).__name__}: {REMOTE_TRAINERS[cls.__name__]}. "
                 f"{CLI_POINTER}"
             )
+    if getattr(trainer, "use_teacher_server", False):
+        raise ValueError(
+            f"GradientAlignmentCallback does not support {type(trainer).__name__} with a teacher server: "
+            f"{TEACHER_SERVER}. Load the teacher in-process (`use_teacher_server=False`), or: {CLI_POINTER}"
+        )
     if isinstance(trainer, SDFTTrainer):
         return SDFTAdapter(trainer)
+    if isinstance(trainer, SDPOTrainer):
+        return SDPOAdapter(trainer)
     if isinstance(trainer, GKDTrainer):
         return GKDAdapter(trainer, rollouts_per_pause)
+    if isinstance(trainer, GOLDTrainer):
+        return GOLDAdapter(trainer, rollouts_per_pause)
+    if isinstance(trainer, IWOPDTrainer):
+        return IWOPDAdapter(trainer, rollouts_per_pause)
     if isinstance(trainer, DistillationTrainer):
         return DistillationAdapter(trainer)
     raise ValueError(
-        f"GradientAlignmentCallback does not support {type(trainer).__name__}. Supported trainers: "
-        "trl.DistillationTrainer, trl.experimental.gkd.GKDTrainer, trl.experimental.sdft.SDFTTrainer."
+        f"GradientAlignmentCallback does not support {type(trainer).__name__}. Supported trainers: {SUPPORTED}."
     )

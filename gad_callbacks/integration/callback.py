@@ -88,7 +88,8 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
     targeted rollouts), per teacher and per self-distillation context, on the student's own rollouts.
 
     Supported trainers: [`~trl.DistillationTrainer`], [`~trl.experimental.gkd.GKDTrainer`],
-    [`~trl.experimental.sdft.SDFTTrainer`].
+    [`~trl.experimental.sdft.SDFTTrainer`], [`~trl.experimental.gold.GOLDTrainer`] (a teacher with another tokenizer
+    through its ULD loss), [`~trl.experimental.sdpo.SDPOTrainer`], [`~trl.experimental.iw_opd.IWOPDTrainer`].
 
     Args:
         trainer ([`~transformers.Trainer`]):
@@ -171,7 +172,9 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         sources, engines = [], []  # engines of our own teachers; the trainer's are looked up at each pause
         if cfg.alignment_trainer_teacher:
             source = adapter.trainer_teacher(cfg.alignment_trainer_teacher)
-            if source.model is not self.student:  # the trainer's external teacher: its tokenizer must match too
+            # The trainer's external teacher: its tokenizer must match too, unless the trainer's loss aligns the two
+            # tokenizations itself (GOLD's ULD).
+            if source.model is not self.student and not adapter.cross_tokenizer_teacher:
                 check_tokenizers(source.name, load_tokenizer_of(source.name, source.model), adapter.tokenizer)
             sources.append(source)
         for name, model in {**cfg.extra_teachers, **extra_models}.items():
@@ -190,7 +193,9 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             check_tokenizers(name, tokenizer, adapter.tokenizer)
             prepared = prepare_teacher(model, trainer)  # exactly as TRL prepares its own teacher
             engines.append(prepared)
-            sources.append(model_teacher(name, trainer.accelerator.unwrap_model(prepared), self.student, loss))
+            sources.append(
+                adapter.wrap(model_teacher(name, trainer.accelerator.unwrap_model(prepared), self.student, loss))
+            )
         base_copy = None
         for context in cfg.self_contexts + list(extra_contexts):
             if (
@@ -209,8 +214,10 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             columns = adapter.dataset.column_names
             example = adapter.dataset[0] if len(adapter.dataset) else None
             sources.append(
-                context_teacher(
-                    context, self.student, adapter.tokenize_prompts, loss, columns, model, example_row=example
+                adapter.wrap(
+                    context_teacher(
+                        context, self.student, adapter.tokenize_prompts, loss, columns, model, example_row=example
+                    )
                 )
             )
         names = [s.name for s in sources]

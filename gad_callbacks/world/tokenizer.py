@@ -34,15 +34,20 @@ def _corpus(num_problems: int = 2000, seed: int = 1234) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 320):
-    """The default world's tokenizer: `PreTrainedTokenizerFast`, pad `<|pad|>`, EOS `<|end|>`, chat template set."""
+def build_tokenizer(vocab_size: int = 320, digit_group: int = 1):
+    """
+    The default world's tokenizer: `PreTrainedTokenizerFast`, pad `<|pad|>`, EOS `<|end|>`, chat template set.
+    `digit_group=3`: numbers split into groups of up to three digits (Llama 3's rule) instead of one by one; with
+    another `vocab_size`, a different tokenizer of the same text (a cross-tokenizer teacher's).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    split = QWEN2_SPLIT if digit_group == 1 else QWEN2_SPLIT.replace(r"|\p{N}|", rf"|\p{{N}}{{1,{digit_group}}}|")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

@@ -1,5 +1,7 @@
 """Tiny TRL trainers on the embedded arithmetic world, with random tiny models (no downloads)."""
 
+from pathlib import Path
+
 from peft import LoraConfig
 
 from gad_callbacks.world import build_tokenizer, make_dataset
@@ -90,7 +92,87 @@ def sdft_trainer(output_dir, student_path, peft=False, steps=3, **extra):
     )
 
 
-def save_tiny(path):
-    tiny_lm(0).save_pretrained(path)
+def save_tiny(path, seed=0):
+    tiny_lm(seed).save_pretrained(path)
     TOKENIZER.save_pretrained(path)
     return str(path)
+
+
+def other_tokenizer():
+    """Another tokenizer of the same world (numbers in groups of up to 3 digits, a larger vocabulary: other tokens,
+    other ids): a cross-tokenizer teacher's."""
+    return build_tokenizer(vocab_size=400, digit_group=3)
+
+
+def gold_trainer(output_dir, peft=False, steps=3, teacher_dir=None, uld=True, **extra):
+    """GOLD on the world's conversations. `teacher_dir`: a saved teacher with its own tokenizer (cross-tokenizer ULD,
+    whose teacher tokenizer GOLD loads from a path; `uld=False`: GOLD's same-tokenizer loss all the same)."""
+    from transformers import AutoModelForCausalLM
+    from trl.experimental.gold import GOLDConfig, GOLDTrainer
+
+    ds = make_dataset(16).select_columns(["messages", "answer", "hint"])
+    defaults = dict(max_completion_length=12, max_length=128, lmbda=1.0)
+    if teacher_dir is not None and uld:
+        defaults.update(use_uld_loss=True, teacher_tokenizer_name_or_path=str(Path(teacher_dir) / "tokenizer"))
+    args = GOLDConfig(**common_args(output_dir, steps, **{**defaults, **extra}))
+    teacher = tiny_lm(1) if teacher_dir is None else AutoModelForCausalLM.from_pretrained(str(teacher_dir))
+    return GOLDTrainer(
+        model=tiny_lm(0),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=ds,
+        processing_class=TOKENIZER,
+        peft_config=lora_config() if peft else None,
+    )
+
+
+def save_other_teacher(path):
+    """A tiny teacher with `other_tokenizer()`; the tokenizer in `path/tokenizer` (GOLD reads the teacher tokenizer
+    from a path; next to a Qwen2 config, `AutoTokenizer` would impose Qwen2's digit splitting on it)."""
+    tokenizer = other_tokenizer()
+    tiny_qwen2(tokenizer, hidden=32, layers=2, seed=1).save_pretrained(path)
+    tokenizer.save_pretrained(path)  # where a tokenizer check looks for it (ids and tokens are the same)
+    tokenizer.save_pretrained(Path(path) / "tokenizer")
+    return str(path)
+
+
+def iw_opd_trainer(output_dir, teacher_dir, peft=False, steps=3, **extra):
+    """IW-OPD reads the teacher's tokenizer from the teacher's path to compare it with the student's: `teacher_dir`
+    holds a saved tiny teacher (`save_tiny(path, seed=1)`: not the student, whose IW-OPD gradient would be 0)."""
+    from transformers import AutoModelForCausalLM
+    from trl.experimental.iw_opd import IWOPDConfig, IWOPDTrainer
+
+    ds = make_dataset(16).select_columns(["messages", "answer", "hint"])
+    defaults = dict(max_completion_length=12, max_length=128)
+    args = IWOPDConfig(**common_args(output_dir, steps, **{**defaults, **extra}))
+    return IWOPDTrainer(
+        model=tiny_lm(0),
+        teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)),
+        args=args,
+        train_dataset=ds,
+        processing_class=TOKENIZER,
+        peft_config=lora_config() if peft else None,
+    )
+
+
+def alternating_reward(prompts, completions, **columns):
+    """Every other completion succeeds: each SDPO group of two has one success, which demonstrates for the other."""
+    return [float(i % 2 == 0) for i in range(len(completions))]
+
+
+def sdpo_trainer(output_dir, student_path, peft=False, steps=3, reward=parity_reward, **extra):
+    """SDPO with the parity reward (successful siblings become demonstrations); `student_path`: a saved tiny model
+    (SDPO's default EMA teacher is rebuilt from the model's path)."""
+    from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
+
+    ds = make_dataset(16).select_columns(["prompt", "answer", "hint"])
+    defaults = dict(max_completion_length=12, num_generations=2, max_prompt_length=64)
+    args = SDPOConfig(**common_args(output_dir, steps, **{**defaults, **extra}))
+    return SDPOTrainer(
+        model=student_path,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=ds,
+        processing_class=TOKENIZER,
+        peft_config=lora_config() if peft else None,
+    )
