@@ -1,6 +1,7 @@
 """Train the embedded default world's checkpoints from scratch on CPU; what it writes is what the package ships.
 
-    python scripts/train_default_world.py            # writes gad_callbacks/world/checkpoints/{student,teacher}
+    python scripts/train_default_world.py            # writes gad_callbacks/world/checkpoints/{student,teacher,...}
+    python scripts/train_default_world.py --only cross_teacher
 
 - `student`: small (2 layers, width 64) and deliberately under-trained: it solves some 2-digit additions and fails
   others (pass rate 20-70% when sampling at temperature 1). A share of its training prompts carry a privileged
@@ -8,6 +9,9 @@
   templates, so the student *can use* such a context: self-distillation comparisons are meaningful.
 - `teacher`: larger (4 layers, width 128), trained to near-perfect accuracy, never sees a context: the external
   teacher.
+- `cross_teacher`: a teacher with *another tokenizer* (numbers in groups of up to three digits, 400 tokens: other
+  tokens, other ids) and another architecture (Llama, 3 layers, width 96), trained like `teacher`: GOLD's
+  cross-tokenizer (ULD) distillation on the default world.
 Deterministic (seeded); run time on 2 CPU cores is printed and recorded in `metrics.json` next to each checkpoint.
 """
 
@@ -23,7 +27,7 @@ from gad_callbacks.engine.rollouts import sample_completions
 from gad_callbacks.engine.verifiers import NumericAnswerReward
 from gad_callbacks.world import ArithmeticTask, build_tokenizer
 from gad_callbacks.world.checkpoints import CHECKPOINT_DIR, CONTEXT_TEMPLATES
-from gad_callbacks.world.models import tiny_qwen2
+from gad_callbacks.world.models import tiny_llama, tiny_qwen2
 
 
 def example(tokenizer, row, context: str | None):
@@ -65,11 +69,11 @@ def pass_rate(model, tokenizer, problems, context=None, temperature=1.0, seed=0)
     return sum(rewards) / len(rewards)
 
 
-def train(name, tokenizer, hidden, layers, phases, lr, eval_every, stop_range, seed):
+def train(name, tokenizer, hidden, layers, phases, lr, eval_every, stop_range, seed, architecture=tiny_qwen2):
     """`phases`: (steps, share of prompts carrying a context, which contexts) in order; the last phase stops early
     once the sampled pass rate without context lands in `stop_range`."""
     torch.manual_seed(seed)
-    model = tiny_qwen2(tokenizer, hidden, layers, seed)
+    model = architecture(tokenizer, hidden, layers, seed)
     task, rng = ArithmeticTask(2), random.Random(seed)
     held_out = [ArithmeticTask(2).problem(random.Random(10_000 + i)) for i in range(200)]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -115,7 +119,6 @@ def main():
     parser.add_argument("--only", nargs="*", default=None, help="Train only these checkpoints (default: all).")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    tokenizer = build_tokenizer()
     contexts = sorted(CONTEXT_TEMPLATES)
     plans = {
         # Copying first (every prompt carries the worked solution), so the student learns to *use* a privileged
@@ -133,10 +136,23 @@ def main():
         "teacher": dict(
             hidden=128, layers=4, phases=[(1500, 0.0, [])], lr=2e-3, eval_every=250, stop_range=None, seed=1
         ),
+        "cross_teacher": dict(
+            tokenizer=build_tokenizer(vocab_size=400, digit_group=3),
+            architecture=tiny_llama,
+            hidden=96,
+            layers=3,
+            phases=[(1200, 0.0, [])],
+            lr=2e-3,
+            eval_every=200,
+            stop_range=None,
+            seed=2,
+        ),
     }
     for name, plan in plans.items():
         if args.only and name not in args.only:
             continue
+        plan = dict(plan)
+        tokenizer = plan.pop("tokenizer", build_tokenizer())
         model, metrics = train(name, tokenizer, **plan)
         out = Path(args.out) / name
         model.save_pretrained(out)

@@ -90,7 +90,8 @@ def _check_nodes(sequences, nodes, losses):
         if node.success is None and node.score is None:
             raise ValueError(f"Node {i} has neither a `score` function nor a known `success` estimate.")
         for name, loss in losses.items():
-            if isinstance(node.teacher_logits[name], TrainerDirection) != (loss.loss == "trainer"):
+            signal = node.teacher_logits[name]  # None (no signal here) goes with any loss
+            if signal is not None and isinstance(signal, TrainerDirection) != (loss.loss == "trainer"):
                 raise ValueError(
                     f"Node {i}, teacher {name!r}: a TrainerDirection goes with TeacherLoss('trainer') and only with it "
                     f"(the loss is {loss.loss!r})."

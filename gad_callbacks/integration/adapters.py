@@ -103,12 +103,13 @@ class TrainerAdapter:
         """An extra teacher or context as this trainer's loss would use it (identity for per-position losses)."""
         return source
 
+    def tokenize_teacher_prompts(self, prompts: list) -> list[list[int]]:
+        """A self-distillation context's prompts, tokenized as this trainer tokenizes its own teacher's."""
+        return self.tokenize_prompts(prompts)
+
     def _chat_prompt_of(self, row: dict):
-        """The prompt of a conversational row (`messages` without its final assistant turn) or of a `prompt` row."""
-        if "messages" in row:
-            messages = row["messages"]
-            return messages[:-1] if messages and messages[-1].get("role") == "assistant" else messages
-        return row["prompt"]
+        """The prompt as `DataCollatorForChatML` takes it: `messages` without the last one; else `prompt`."""
+        return row["messages"][:-1] if "messages" in row else row["prompt"]
 
     def _chat_tokenize(self, prompts: list) -> list[list[int]]:
         out = []

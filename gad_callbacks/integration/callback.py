@@ -216,7 +216,13 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             sources.append(
                 adapter.wrap(
                     context_teacher(
-                        context, self.student, adapter.tokenize_prompts, loss, columns, model, example_row=example
+                        context,
+                        self.student,
+                        adapter.tokenize_teacher_prompts,
+                        loss,
+                        columns,
+                        model,
+                        example_row=example,
                     )
                 )
             )

@@ -88,21 +88,27 @@ class _OnPolicySlices:
     def rollouts(self, student, generator):
         buffers = getattr(self.trainer, "_buffered_inputs", None) or []
         flags = getattr(self.trainer, self.flags_attribute, None) or [True] * len(buffers)
+        slices = [batch for batch, on_policy in zip(buffers, flags) if batch is not None and on_policy]
+        # A step trained off-policy only (`lmbda` < 1) left no student rollout: sample fresh ones at the trainer's
+        # settings. The flags are the same on every process, so all of them take the same branch; decided before
+        # anything can fail, so that the callback's gathering stays in step across processes.
+        self.rollouts_are_local = bool(slices)
         rollouts = []
-        for batch, on_policy in zip(buffers, flags):
-            if batch is None or not on_policy:
-                continue
+        for batch in slices:
+            shifted = batch["labels"][:, 1:].cpu() != -100
             for b in range(batch["input_ids"].shape[0]):
                 prompt = _unpadded(batch["prompts"][b].cpu(), batch["prompt_attention_mask"][b].cpu())
                 labels = batch["labels"][b].cpu()
                 completion = batch["input_ids"][b].cpu()[labels != -100].tolist()
+                # The slice's shape, for a loss whose terms the trainer normalises over the micro-batch (GOLD's ULD).
+                extras = {"slice_rows": int(shifted.shape[0]), "slice_tokens": int(shifted.sum())}
+                if batch.get("rollout_logprobs") is not None:  # IW-OPD under vLLM: the sampler's log-probabilities
+                    extras["rollout_logprobs"] = batch["rollout_logprobs"][b].cpu()[labels != -100].float()
                 index = self.index.lookup(prompt)
                 row = self.row(index)
-                rollouts.append(Rollout(None if row is None else self.prompt_of(row), prompt, completion, row, index))
-        # A step trained off-policy only (`lmbda` < 1) left no student rollout: sample fresh ones at the trainer's
-        # settings. The flags are the same on every process, so all of them take the same branch.
-        self.rollouts_are_local = bool(rollouts)
-        return rollouts or self._fresh(student, generator, self.rollouts_per_pause)
+                prompt_obj = None if row is None else self.prompt_of(row)
+                rollouts.append(Rollout(prompt_obj, prompt, completion, row, index, extras))
+        return rollouts if slices else self._fresh(student, generator, self.rollouts_per_pause)
 
 
 class GOLDAdapter(_OnPolicySlices, TrainerAdapter):
@@ -159,24 +165,43 @@ class GOLDAdapter(_OnPolicySlices, TrainerAdapter):
             use_extended_uld=trainer.uld_loss_fn.use_extended_uld,
         )
         teacher = self.trainer.accelerator.unwrap_model(trainer.teacher_model)
+        device = model_device(teacher)  # ULD keeps its vocabulary mapping on the trainer's device
         with torch.no_grad(), eval_mode(teacher):
-            device = model_device(teacher)
-            t_logits = teacher(input_ids=t_ids.to(device), attention_mask=t_mask.to(device)).logits.float().cpu()
+            t_logits = teacher(input_ids=t_ids.to(device), attention_mask=t_mask.to(device)).logits.float()
         z = logits_at(self._student(), ids[0], range(ids.shape[1]))[None]  # all positions: ULD reads them unshifted
+        uld = trainer.uld_loss_fn
+        # ULD = its cross-entropy term (a mean over the micro-batch's tokens) + its distillation term (a mean over
+        # rows): on one row their ratio is not the trainer's. Take them apart and weigh each as in the rollout's
+        # micro-batch (a fresh rollout is a micro-batch of its own).
+        rows = rollout.extras.get("slice_rows", 1)
+        row_tokens = int((labels[:, 1:] != -100).sum())
+        tokens = rollout.extras.get("slice_tokens", row_tokens)
 
-        def loss(zz):
-            return trainer.uld_loss_fn(
-                student_logits=zz,
-                teacher_logits=t_logits,
-                student_labels=labels,
-                teacher_labels=t_labels,
-                student_input_ids=ids,
-                teacher_input_ids=t_ids,
-                student_byte_offsets=batch.get("byte_offsets"),
-                teacher_byte_offsets=t_offsets,
-            )
+        def loss(zz, with_cross_entropy=False):
+            saved = {k: v for k, v in vars(uld).items() if k.startswith("last_") or k == "crossentropy_weight"}
+            try:
+                if not with_cross_entropy:
+                    uld.crossentropy_weight = 0.0
+                total = uld(
+                    student_logits=zz.to(device),
+                    teacher_logits=t_logits,
+                    student_labels=labels.to(device),
+                    teacher_labels=t_labels.to(device),
+                    student_input_ids=ids.to(device),
+                    teacher_input_ids=t_ids.to(device),
+                    student_byte_offsets=batch.get("byte_offsets"),
+                    teacher_byte_offsets=t_offsets,
+                )
+            finally:
+                vars(uld).update(saved)  # the trainer logs `last_*` after its own call; keep them its own
+            return total
 
-        b = negative_gradient(loss, z)[0]
+        b = negative_gradient(lambda zz: loss(zz) / rows, z)[0]
+        if uld.crossentropy_weight > 0:
+            # (distillation + cross-entropy) - distillation: the cross-entropy term alone, a mean over this row.
+            both = negative_gradient(lambda zz: loss(zz, with_cross_entropy=True), z)[0] - b * rows
+            b = b + both * row_tokens / max(tokens, 1)
+        b = b.cpu()
         # The logits that predict completion token t sit at row p + t - 1.
         return [TrainerDirection(b[p + t - 1]) for t in positions]
 
@@ -189,8 +214,8 @@ class IWOPDAdapter(_OnPolicySlices, TrainerAdapter):
     `trl.experimental.iw_opd.IWOPDTrainer`: rollouts from the step's on-policy slices (`_buffered_inputs`). Its loss
     (`distillation_objective`): IW-OPD's sampled-token gap weighted by the prefix weights of the whole rollout, or
     its JSD variants (sparse top-1 with `loss_top_k=1`, top-k or full generalized JSD), through the trainer's own
-    functions. The importance weights are evaluated at the student's current log-probabilities (vLLM's rollout
-    log-probabilities are not kept), i.e. on-policy.
+    functions. The gap uses the sampler's log-probabilities where the trainer has them (vLLM generation), else the
+    student's current ones, as the trainer does.
     """
 
     rollout_source = "the trainer's on-policy slices (`_buffered_inputs`), or fresh rollouts at a step that had none"
@@ -205,7 +230,9 @@ class IWOPDAdapter(_OnPolicySlices, TrainerAdapter):
         return TeacherLoss("trainer", temperature=float(self.args.temperature))
 
     def prompt_of(self, row):
-        return self._chat_prompt_of(row)
+        # IW-OPD's collator: the prompt is everything before a final assistant turn (the whole conversation if none).
+        messages = row["messages"]
+        return messages[:-1] if len(messages) > 1 and messages[-1].get("role") == "assistant" else messages
 
     def tokenize_prompts(self, prompts):
         return self._chat_tokenize(prompts)
@@ -226,8 +253,13 @@ class IWOPDAdapter(_OnPolicySlices, TrainerAdapter):
         with metrics_untouched(trainer):
             if trainer.distillation_objective == "iw_opd":
                 lq = F.log_softmax(t / trainer.temperature, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+                sampled = rollout.extras.get("rollout_logprobs")
                 return trainer._compute_iw_opd_loss(
-                    student_logits=s, completion_tokens=tokens, labels=tokens, teacher_actual_logprobs=lq
+                    student_logits=s,
+                    completion_tokens=tokens,
+                    labels=tokens,
+                    teacher_actual_logprobs=lq,
+                    rollout_logprobs=None if sampled is None else sampled[None],
                 )
             if trainer.beta > 0 and trainer.loss_top_k == 1:
                 return trainer._compute_local_sparse_top_1_divergence_loss(
@@ -251,7 +283,8 @@ class SDPOAdapter(TrainerAdapter):
     distillation` (`w = distillation_weight`), the distillation per `distillation_mode` on logits divided by
     `temperature`, the policy term GRPO-style on the rollout's advantage; each term normalised as the trainer does in
     the rollout's micro-batch. A rollout without a demonstration gives the trainer's own teacher no distillation
-    signal. Importance ratios (`num_iterations` > 1) are evaluated at the current weights, where they are 1.
+    signal. Importance ratios (`num_iterations` > 1) are those the trainer would take now: current log-probabilities
+    against the ones at generation time (1 when it keeps none).
     """
 
     rollout_source = "the trainer's buffered rollouts with their advantages and teacher prompts (`_buffered_inputs`)"
@@ -266,6 +299,13 @@ class SDPOAdapter(TrainerAdapter):
     def tokenize_prompts(self, prompts):
         return [list(ids) for ids in self.trainer._tokenize_prompts(prompts)]
 
+    def tokenize_teacher_prompts(self, prompts):
+        """As SDPO tokenizes its re-prompts: untruncated, then the last `max_reprompt_len` tokens."""
+        keep = self.args.max_reprompt_len
+        return [
+            list(ids)[-keep:] if keep else list(ids) for ids in self.trainer._tokenize_prompts_untruncated(prompts)
+        ]
+
     def rollouts(self, student, generator):
         return self._buffered()
 
@@ -278,6 +318,9 @@ class SDPOAdapter(TrainerAdapter):
             "dr_grpo": 1.0 / (rows * self.trainer.max_completion_length),
         }.get(self.trainer.loss_type, 1.0 / max(float(mask.sum()), 1.0))  # dapo, bnpo: the micro-batch's tokens
         demonstrated = batch.get("self_distillation_mask")
+        old = batch.get("old_per_token_logps")  # num_iterations > 1: the log-probabilities at generation time
+        if old is not None:
+            extras["old_logps"] = old[b].cpu()[batch["completion_mask"][b].cpu().bool()].float()
         extras.update(
             advantage=float(batch["advantages"][b]),
             demonstrated=True if demonstrated is None else bool(demonstrated[b] > 0),
@@ -307,6 +350,7 @@ class SDPOAdapter(TrainerAdapter):
         """SDPOTrainer.compute_loss's terms for one rollout, with its micro-batch's normalisation (`own`: the trainer's
         teacher, masked where the rollout had no demonstration)."""
         from trl.experimental.sdpo.loss_utils import (
+            apply_importance_sampling_clipping,
             compute_full_logit_self_distillation_loss,
             compute_sampled_token_self_distillation_loss,
             compute_topk_self_distillation_loss,
@@ -322,6 +366,9 @@ class SDPOAdapter(TrainerAdapter):
             return None
         s, t = (z / a.temperature)[None], (teacher / a.temperature)[None]
         tokens = torch.tensor([rollout.completion_ids])
+        logps = selective_log_softmax(s, tokens)
+        old = extras.get("old_logps")
+        old = logps.detach() if old is None else old[None]
         total = s.sum() * 0.0
         if distilled:
             if a.distillation_mode == "topk_logits":
@@ -338,10 +385,11 @@ class SDPOAdapter(TrainerAdapter):
                 per_token = compute_sampled_token_self_distillation_loss(
                     s, t, tokens, distillation_alpha=a.distillation_alpha
                 )
+            if a.distillation_is_clip is not None and "old_logps" in extras:
+                per_token = apply_importance_sampling_clipping(per_token, logps, old, a.distillation_is_clip)
             total = total + w * per_token.sum() * extras["distillation_norm"]
         if w < 1.0:
-            logps = selective_log_softmax(s, tokens)
-            log_ratio = logps - logps.detach()  # 1 at the current weights
+            log_ratio = logps - old
             if trainer.importance_sampling_level == "sequence":
                 log_ratio = log_ratio.sum(-1, keepdim=True) / max(tokens.shape[1], 1)
             ratio = torch.exp(log_ratio)

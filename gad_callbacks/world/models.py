@@ -1,7 +1,9 @@
-"""Tiny Qwen2-architecture models for the embedded world (the shipped checkpoints, tests, benchmarks)."""
+"""Tiny causal LMs for the embedded world (the shipped checkpoints, tests, benchmarks): Qwen2 architecture, and Llama
+for the teacher with another tokenizer (next to a Llama config `AutoTokenizer` keeps a tokenizer as saved, where a
+Qwen2 config makes it impose Qwen2's digit splitting)."""
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 
 def tiny_qwen2(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0, vocab_size: int | None = None):
@@ -21,3 +23,22 @@ def tiny_qwen2(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0, voca
         tie_word_embeddings=False,
     )
     return Qwen2ForCausalLM(config)
+
+
+def tiny_llama(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
+    """A randomly initialised Llama causal LM sized for CPU, on `tokenizer`'s vocabulary."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 16),
+        num_key_value_heads=max(1, hidden // 32),
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)

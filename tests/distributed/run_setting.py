@@ -6,9 +6,11 @@
 that configs/accelerate/deepspeed_zero{2,3}.yaml point to: launched through accelerate's DeepSpeed plugin instead,
 TRL's own teacher preparation fails on CPU with a batch-size assertion, before the callback is involved.)
 
-Runs, in one launch: (1) a GKD run with learning rate 0 and the callback at step 1 (weights and fresh rollouts are
-then the same in every setting, so per-node alignments must be too); (2) and (3) the same short DistillationTrainer
-run without and with the callback. Process 0 writes OUT_DIR/result.json (losses, a hash of the final weights).
+Runs, in one launch: (1) a GKD run, and a GOLD run distilling the cross-tokenizer teacher through ULD off-policy
+(`lmbda=0`: the callback then samples fresh rollouts), each with learning rate 0 and the callback at step 1 (weights
+and fresh rollouts are then the same in every setting, so per-node alignments must be too); (2) and (3) the same
+short DistillationTrainer, GOLD (ULD), IW-OPD and SDPO runs without and with the callback. Process 0 writes
+OUT_DIR/result.json (losses, a hash of the final weights, per trainer).
 """
 
 import hashlib
@@ -25,8 +27,12 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import DistillationConfig, DistillationTrainer  # noqa: E402
 from trl.experimental.gkd import GKDConfig, GKDTrainer  # noqa: E402
+from trl.experimental.gold import GOLDConfig, GOLDTrainer  # noqa: E402
+from trl.experimental.iw_opd import IWOPDConfig, IWOPDTrainer  # noqa: E402
+from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig  # noqa: E402
+from gad_callbacks.engine.verifiers import NumericAnswerReward  # noqa: E402
 from gad_callbacks.world import make_dataset  # noqa: E402
 from gad_callbacks.world.checkpoints import resolve_model  # noqa: E402
 
@@ -34,16 +40,26 @@ from gad_callbacks.world.checkpoints import resolve_model  # noqa: E402
 OUT = sys.argv[1]
 DEEPSPEED = sys.argv[2] if len(sys.argv) > 2 else None
 STUDENT, TEACHER = resolve_model("default:student"), resolve_model("default:teacher")
+CROSS_TEACHER = resolve_model("default:cross_teacher")
 TOKENIZER = AutoTokenizer.from_pretrained(STUDENT)
+OBSERVED = ("distillation", "gold", "iw_opd", "sdpo")
+
+
+def load(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
 # Models are loaded before any TrainingArguments exists: under ZeRO-3 a later `from_pretrained` goes through
 # `zero.Init`, which on CPU runs before DeepSpeed knows the world size (the trainer partitions them anyway).
-MODELS = [
-    (
-        AutoModelForCausalLM.from_pretrained(STUDENT, dtype=torch.float32),
-        AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32),
-    )
-    for _ in range(3)
-]
+MODELS = {
+    "gkd": (load(STUDENT), load(TEACHER)),
+    "gold-align": (load(STUDENT), load(CROSS_TEACHER)),
+    **{
+        (kind, with_callback): (load(STUDENT), load(CROSS_TEACHER if kind == "gold" else TEACHER))
+        for kind in OBSERVED
+        for with_callback in (False, True)
+    },
+}
 COMMON = dict(
     bf16=False,
     report_to="none",
@@ -79,42 +95,85 @@ def weights_hash(trainer) -> str:
     return hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
 
 
-# (1) Per-node alignments: GKD (fresh rollouts from the shared seed), learning rate 0: every setting sees the same.
+# (1) Per-node alignments, learning rate 0: every setting sees the same weights and the same fresh rollouts. GKD
+# keeps none; GOLD trained off-policy only (lmbda=0) has none of the student's either. GOLD's cross-tokenizer
+# teacher goes through the ULD path (its direction by autograd through the trainer's loss over each rollout).
 gkd = GKDTrainer(
-    model=MODELS[0][0],
-    teacher_model=MODELS[0][1],
+    model=MODELS["gkd"][0],
+    teacher_model=MODELS["gkd"][1],
     processing_class=TOKENIZER,
     train_dataset=make_dataset(32).select_columns(["messages", "answer", "solution"]),
     args=GKDConfig(output_dir=f"{OUT}/align", max_steps=1, learning_rate=0.0, lmbda=1.0, max_new_tokens=24, **COMMON),
 )
 gkd.add_callback(GradientAlignmentCallback(gkd, alignment_config()))
 gkd.train()
+GOLD_ULD = dict(use_uld_loss=True, teacher_tokenizer_name_or_path=CROSS_TEACHER, max_length=256)
+gold = GOLDTrainer(
+    model=MODELS["gold-align"][0],
+    teacher_model=MODELS["gold-align"][1],
+    processing_class=TOKENIZER,
+    train_dataset=make_dataset(32).select_columns(["messages", "answer", "solution"]),
+    args=GOLDConfig(
+        output_dir=f"{OUT}/align-gold",
+        max_steps=1,
+        learning_rate=0.0,
+        lmbda=0.0,
+        max_completion_length=24,
+        **GOLD_ULD,
+        **COMMON,
+    ),
+)
+gold.add_callback(GradientAlignmentCallback(gold, alignment_config()))
+gold.train()
 
-# (2), (3) The observed run, without and with the callback.
-results = {}
-for with_callback in (False, True):
-    student, teacher = MODELS[1 + with_callback]
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        processing_class=TOKENIZER,
-        train_dataset=make_dataset(64).select_columns(["prompt", "answer", "solution"]),
-        args=DistillationConfig(
-            output_dir=f"{OUT}/train-{with_callback}",
-            max_steps=3,
-            learning_rate=1e-3,
-            max_completion_length=24,
-            **COMMON,
-        ),
+
+def observed_trainer(kind, with_callback):
+    student, teacher = MODELS[(kind, with_callback)]
+    out = f"{OUT}/train-{kind}-{with_callback}"
+    steps = 3 if kind == "distillation" else 2
+    if kind == "distillation":
+        args = DistillationConfig(
+            output_dir=out, max_steps=steps, learning_rate=1e-3, max_completion_length=24, **COMMON
+        )
+        data = make_dataset(64).select_columns(["prompt", "answer", "solution"])
+        return DistillationTrainer(
+            model=student, teacher_model=teacher, processing_class=TOKENIZER, train_dataset=data, args=args
+        )
+    if kind in ("gold", "iw_opd"):
+        data = make_dataset(64).select_columns(["messages", "answer", "solution"])
+        config, trainer = (GOLDConfig, GOLDTrainer) if kind == "gold" else (IWOPDConfig, IWOPDTrainer)
+        extra = GOLD_ULD if kind == "gold" else dict(max_length=256)
+        args = config(output_dir=out, max_steps=steps, learning_rate=1e-3, max_completion_length=16, **extra, **COMMON)
+        return trainer(model=student, teacher_model=teacher, processing_class=TOKENIZER, train_dataset=data, args=args)
+    args = SDPOConfig(
+        output_dir=out,
+        max_steps=steps,
+        learning_rate=1e-3,
+        max_completion_length=16,
+        num_generations=2,
+        teacher_model_kind="live",
+        distillation_weight=0.5,
+        **COMMON,
     )
-    if with_callback:
-        trainer.add_callback(GradientAlignmentCallback(trainer, alignment_config()))
-    trainer.train()
-    results[str(with_callback)] = {
-        "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
-        "weights": weights_hash(trainer),
-        "gad_rows": [r for r in trainer.state.log_history if "gad/nodes" in r],
-    }
+    data = make_dataset(64).select_columns(["prompt", "answer", "solution"])
+    reward = NumericAnswerReward()
+    return SDPOTrainer(model=student, reward_funcs=reward, processing_class=TOKENIZER, train_dataset=data, args=args)
+
+
+# (2), (3) The observed runs, without and with the callback.
+results = {}
+for kind in OBSERVED:
+    results[kind] = {}
+    for with_callback in (False, True):
+        trainer = observed_trainer(kind, with_callback)
+        if with_callback:
+            trainer.add_callback(GradientAlignmentCallback(trainer, alignment_config()))
+        trainer.train()
+        results[kind][str(with_callback)] = {
+            "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
+            "weights": weights_hash(trainer),
+            "gad_rows": [r for r in trainer.state.log_history if "gad/nodes" in r],
+        }
 
 if gkd.accelerator.is_main_process:
     results["world_size"] = gkd.accelerator.num_processes

@@ -1,11 +1,9 @@
 """Tiny TRL trainers on the embedded arithmetic world, with random tiny models (no downloads)."""
 
-from pathlib import Path
-
 from peft import LoraConfig
 
 from gad_callbacks.world import build_tokenizer, make_dataset
-from gad_callbacks.world.models import tiny_qwen2
+from gad_callbacks.world.models import tiny_llama, tiny_qwen2
 
 
 TOKENIZER = build_tokenizer()
@@ -113,7 +111,7 @@ def gold_trainer(output_dir, peft=False, steps=3, teacher_dir=None, uld=True, **
     ds = make_dataset(16).select_columns(["messages", "answer", "hint"])
     defaults = dict(max_completion_length=12, max_length=128, lmbda=1.0)
     if teacher_dir is not None and uld:
-        defaults.update(use_uld_loss=True, teacher_tokenizer_name_or_path=str(Path(teacher_dir) / "tokenizer"))
+        defaults.update(use_uld_loss=True, teacher_tokenizer_name_or_path=str(teacher_dir))
     args = GOLDConfig(**common_args(output_dir, steps, **{**defaults, **extra}))
     teacher = tiny_lm(1) if teacher_dir is None else AutoModelForCausalLM.from_pretrained(str(teacher_dir))
     return GOLDTrainer(
@@ -127,12 +125,10 @@ def gold_trainer(output_dir, peft=False, steps=3, teacher_dir=None, uld=True, **
 
 
 def save_other_teacher(path):
-    """A tiny teacher with `other_tokenizer()`; the tokenizer in `path/tokenizer` (GOLD reads the teacher tokenizer
-    from a path; next to a Qwen2 config, `AutoTokenizer` would impose Qwen2's digit splitting on it)."""
+    """A tiny Llama teacher with `other_tokenizer()`, saved with it (GOLD loads the teacher tokenizer from a path)."""
     tokenizer = other_tokenizer()
-    tiny_qwen2(tokenizer, hidden=32, layers=2, seed=1).save_pretrained(path)
-    tokenizer.save_pretrained(path)  # where a tokenizer check looks for it (ids and tokens are the same)
-    tokenizer.save_pretrained(Path(path) / "tokenizer")
+    tiny_llama(tokenizer, hidden=32, layers=2, seed=1).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return str(path)
 
 

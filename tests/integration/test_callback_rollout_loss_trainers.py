@@ -29,13 +29,15 @@ def build(kind, out, tmp_path, peft=False, **extra):
         return gold_trainer(out, peft=peft, teacher_dir=save_other_teacher(tmp_path / "other"), **extra)
     if kind == "iw_opd":
         return iw_opd_trainer(out, save_tiny(tmp_path / "teacher", seed=1), peft=peft, **extra)
+    weight = 1.0 if kind == "sdpo-w1" else 0.5  # 1: SDPO's default, distillation only
     return sdpo_trainer(
-        out, save_tiny(tmp_path / "student"), peft=peft, reward=alternating_reward, distillation_weight=0.5, **extra
+        out, save_tiny(tmp_path / "student"), peft=peft, reward=alternating_reward, distillation_weight=weight, **extra
     )
 
 
 @pytest.mark.parametrize(
-    "kind, peft", [("gold", False), ("gold", True), ("gold-uld", False), ("iw_opd", True), ("sdpo", False)]
+    "kind, peft",
+    [("gold", False), ("gold", True), ("gold-uld", False), ("iw_opd", True), ("sdpo", False), ("sdpo-w1", True)],
 )
 def test_rollout_loss_trainers_log_every_teacher(tmp_path, kind, peft):
     trainer = build(kind, tmp_path / "run", tmp_path, peft=peft)
@@ -49,6 +51,9 @@ def test_rollout_loss_trainers_log_every_teacher(tmp_path, kind, peft):
     if kind == "gold-uld":  # another vocabulary: no teacher distribution over the student's tokens, no advantage
         assert all(math.isnan(r["advantage"]) for r in own)
         assert cb.teachers[0].loss.loss == "trainer" and cb.teachers[1].loss.loss == "jsd"
+    if kind == "sdpo-w1":  # a rollout without a successful sibling gives SDPO's teacher no signal; the context has one
+        assert {r["undefined"] for r in own} >= {"no_signal"}
+        assert all(r["undefined"] != "no_signal" for r in rows if r["teacher"] == "answer")
 
 
 @pytest.mark.parametrize(

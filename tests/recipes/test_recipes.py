@@ -17,6 +17,9 @@ RECIPES = {
     "distill_with_alignment": ("distill_default.yaml", ["teacher", "solution", "answer"]),
     "gkd_with_alignment": ("gkd_default.yaml", ["teacher", "solution"]),
     "self_distill_with_alignment": ("self_distill_default.yaml", ["sdft", "teacher", "answer", "hint"]),
+    "gold_with_alignment": ("gold_default.yaml", ["cross_teacher", "teacher", "solution", "answer"]),
+    "iw_opd_with_alignment": ("iw_opd_default.yaml", ["teacher", "solution", "answer"]),
+    "sdpo_with_alignment": ("sdpo_default.yaml", ["sdpo", "teacher", "solution", "answer"]),
 }
 
 
