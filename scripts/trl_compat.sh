@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The TRL versions pyproject.toml claims, tested. For each version given (default: the oldest claimed, the `trl>=`
 # bound in pyproject.toml, and the newest on the package index), a fresh venv with that TRL runs the trainer-facing
-# tests: each adapter's direction against the trainer's own loss function (tests/integration/test_adapters.py), the
-# callback on every supported trainer incl. bit-identity of the observed run (test_callback.py), and the recipes.
+# tests: each adapter's direction against the trainer's own loss function (tests/integration/test_adapters.py,
+# test_rollout_loss_adapters.py), the callback on every supported trainer incl. bit-identity of the observed run
+# (test_callback*.py), and the recipes.
 # .ci/run runs it for the oldest version (the newest is the one its main venv installs).
 #
-#   bash scripts/trl_compat.sh                 # the oldest claimed and the newest (~4 min each on 2 cores)
+#   bash scripts/trl_compat.sh                 # the oldest claimed and the newest (~6 min each on 2 cores)
 #   bash scripts/trl_compat.sh 1.14.2          # one version
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -151,9 +151,8 @@ class TrainerAdapter:
     def _row_extras(self, batch: dict, b: int) -> dict:
         """What a teacher needs besides the ids, from row `b` of a buffered batch."""
         extras = {}
-        if (
-            "teacher_input_ids" in batch
-        ):  # SDFT / SDPO: the privileged teacher prompt (left-padded), then the completion
+        # SDFT / SDPO: the privileged teacher prompt (left-padded), then the completion.
+        if "teacher_input_ids" in batch:
             width = batch["completion_ids"].shape[1]
             t_ids = batch["teacher_input_ids"][b, :-width].cpu()
             t_mask = batch["teacher_attention_mask"][b, :-width].cpu()

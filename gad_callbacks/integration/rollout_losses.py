@@ -14,6 +14,7 @@ and distillation terms), each term keeps the factor the trainer gives it in the 
 
 import contextlib
 import copy
+import inspect
 
 import torch
 
@@ -158,11 +159,12 @@ class GOLDAdapter(_OnPolicySlices, TrainerAdapter):
         def text(token_ids):  # exactly as GOLD decodes its on-policy slices
             return self.tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+        # As this TRL's `compute_loss` calls it (TRL 1.13's takes no `use_extended_uld`).
+        extra = {}
+        if "use_extended_uld" in inspect.signature(build_teacher_inputs_from_texts).parameters:
+            extra["use_extended_uld"] = trainer.uld_loss_fn.use_extended_uld
         t_ids, t_labels, t_mask, t_offsets = build_teacher_inputs_from_texts(
-            trainer.teacher_tokenizer,
-            [text(rollout.prompt_ids)],
-            [text(rollout.completion_ids)],
-            use_extended_uld=trainer.uld_loss_fn.use_extended_uld,
+            trainer.teacher_tokenizer, [text(rollout.prompt_ids)], [text(rollout.completion_ids)], **extra
         )
         teacher = self.trainer.accelerator.unwrap_model(trainer.teacher_model)
         device = model_device(teacher)  # ULD keeps its vocabulary mapping on the trainer's device

@@ -6,9 +6,10 @@
 that configs/accelerate/deepspeed_zero{2,3}.yaml point to: launched through accelerate's DeepSpeed plugin instead,
 TRL's own teacher preparation fails on CPU with a batch-size assertion, before the callback is involved.)
 
-Runs, in one launch: (1) a GKD run, and a GOLD run distilling the cross-tokenizer teacher through ULD off-policy
-(`lmbda=0`: the callback then samples fresh rollouts), each with learning rate 0 and the callback at step 1 (weights
-and fresh rollouts are then the same in every setting, so per-node alignments must be too); (2) and (3) the same
+Runs, in one launch: (1) a GKD run, a GOLD run distilling the cross-tokenizer teacher through ULD and an IW-OPD run
+(JSD objective), the last two off-policy (`lmbda=0`: the callback then samples fresh rollouts), each with learning
+rate 0 and the callback at step 1 (weights and fresh rollouts are then the same in every setting, so per-node
+alignments must be too); (2) and (3) the same
 short DistillationTrainer, GOLD (ULD), IW-OPD and SDPO runs without and with the callback. Process 0 writes
 OUT_DIR/result.json (losses, a hash of the final weights, per trainer).
 """
@@ -54,6 +55,7 @@ def load(path):
 MODELS = {
     "gkd": (load(STUDENT), load(TEACHER)),
     "gold-align": (load(STUDENT), load(CROSS_TEACHER)),
+    "iw_opd-align": (load(STUDENT), load(TEACHER)),
     **{
         (kind, with_callback): (load(STUDENT), load(CROSS_TEACHER if kind == "gold" else TEACHER))
         for kind in OBSERVED
@@ -96,8 +98,9 @@ def weights_hash(trainer) -> str:
 
 
 # (1) Per-node alignments, learning rate 0: every setting sees the same weights and the same fresh rollouts. GKD
-# keeps none; GOLD trained off-policy only (lmbda=0) has none of the student's either. GOLD's cross-tokenizer
-# teacher goes through the ULD path (its direction by autograd through the trainer's loss over each rollout).
+# keeps none; GOLD and IW-OPD trained off-policy only (lmbda=0) have none of the student's either. GOLD's
+# cross-tokenizer teacher goes through the ULD path (its direction by autograd through the trainer's loss over each
+# rollout).
 gkd = GKDTrainer(
     model=MODELS["gkd"][0],
     teacher_model=MODELS["gkd"][1],
@@ -125,6 +128,26 @@ gold = GOLDTrainer(
 )
 gold.add_callback(GradientAlignmentCallback(gold, alignment_config()))
 gold.train()
+# IW-OPD's JSD objective off-policy: every teacher and context through the trainer's loss over each rollout.
+iw_opd = IWOPDTrainer(
+    model=MODELS["iw_opd-align"][0],
+    teacher_model=MODELS["iw_opd-align"][1],
+    processing_class=TOKENIZER,
+    train_dataset=make_dataset(32).select_columns(["messages", "answer", "solution"]),
+    args=IWOPDConfig(
+        output_dir=f"{OUT}/align-iw_opd",
+        max_steps=1,
+        learning_rate=0.0,
+        lmbda=0.0,
+        distillation_objective="jsd",
+        beta=0.5,
+        max_completion_length=24,
+        max_length=256,
+        **COMMON,
+    ),
+)
+iw_opd.add_callback(GradientAlignmentCallback(iw_opd, alignment_config()))
+iw_opd.train()
 
 
 def observed_trainer(kind, with_callback):

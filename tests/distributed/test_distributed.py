@@ -54,7 +54,8 @@ def test_settings_are_what_they_claim(runs):
 
 
 @pytest.mark.parametrize("setting", ["ddp", "zero2", "zero3"])
-@pytest.mark.parametrize("run", ["align", "align-gold"])  # GKD; GOLD with a cross-tokenizer (ULD) teacher
+# GKD; GOLD with a cross-tokenizer (ULD) teacher; IW-OPD (every teacher and context through its loss over the rollout)
+@pytest.mark.parametrize("run", ["align", "align-gold", "align-iw_opd"])
 def test_per_node_alignment_equals_single_process(runs, setting, run):
     reference, got = node_records(runs["single"], run), node_records(runs[setting], run)
     assert got.keys() == reference.keys()
