@@ -111,43 +111,31 @@ gkd = GKDTrainer(
 gkd.add_callback(GradientAlignmentCallback(gkd, alignment_config()))
 gkd.train()
 GOLD_ULD = dict(use_uld_loss=True, teacher_tokenizer_name_or_path=CROSS_TEACHER, max_length=256)
-gold = GOLDTrainer(
-    model=MODELS["gold-align"][0],
-    teacher_model=MODELS["gold-align"][1],
-    processing_class=TOKENIZER,
-    train_dataset=make_dataset(32).select_columns(["messages", "answer", "solution"]),
-    args=GOLDConfig(
-        output_dir=f"{OUT}/align-gold",
+
+
+def off_policy_alignment_run(trainer_cls, config_cls, name, **extra):
+    """GOLD / IW-OPD trained off-policy only (`lmbda=0`) at learning rate 0, the callback at step 1."""
+    student, teacher = MODELS[f"{name}-align"]
+    args = config_cls(
+        output_dir=f"{OUT}/align-{name}",
         max_steps=1,
         learning_rate=0.0,
         lmbda=0.0,
         max_completion_length=24,
-        **GOLD_ULD,
+        **extra,
         **COMMON,
-    ),
-)
-gold.add_callback(GradientAlignmentCallback(gold, alignment_config()))
-gold.train()
-# IW-OPD's JSD objective off-policy: every teacher and context through the trainer's loss over each rollout.
-iw_opd = IWOPDTrainer(
-    model=MODELS["iw_opd-align"][0],
-    teacher_model=MODELS["iw_opd-align"][1],
-    processing_class=TOKENIZER,
-    train_dataset=make_dataset(32).select_columns(["messages", "answer", "solution"]),
-    args=IWOPDConfig(
-        output_dir=f"{OUT}/align-iw_opd",
-        max_steps=1,
-        learning_rate=0.0,
-        lmbda=0.0,
-        distillation_objective="jsd",
-        beta=0.5,
-        max_completion_length=24,
-        max_length=256,
-        **COMMON,
-    ),
-)
-iw_opd.add_callback(GradientAlignmentCallback(iw_opd, alignment_config()))
-iw_opd.train()
+    )
+    data = make_dataset(32).select_columns(["messages", "answer", "solution"])
+    trainer = trainer_cls(
+        model=student, teacher_model=teacher, processing_class=TOKENIZER, train_dataset=data, args=args
+    )
+    trainer.add_callback(GradientAlignmentCallback(trainer, alignment_config()))
+    trainer.train()
+
+
+off_policy_alignment_run(GOLDTrainer, GOLDConfig, "gold", **GOLD_ULD)
+# IW-OPD's JSD objective: every teacher and context through the trainer's loss over each rollout.
+off_policy_alignment_run(IWOPDTrainer, IWOPDConfig, "iw_opd", distillation_objective="jsd", beta=0.5, max_length=256)
 
 
 def observed_trainer(kind, with_callback):

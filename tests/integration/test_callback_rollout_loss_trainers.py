@@ -4,7 +4,6 @@ no perturbation of the observed run (full and LoRA), and the tokenizer and teach
 import math
 
 import pytest
-import torch
 
 from gad_callbacks import GradientAlignmentCallback
 from gad_callbacks.integration.adapters import adapter_for
@@ -16,7 +15,7 @@ from tests.integration.helpers import (
     save_tiny,
     sdpo_trainer,
 )
-from tests.integration.test_callback import attach, check_logged, config, losses_and_weights
+from tests.integration.test_callback import assert_bit_identical, attach, check_logged, config
 
 
 CONTEXTS = dict(alignment_self_contexts=["answer:live={prompt} The answer is {answer}."])
@@ -73,15 +72,9 @@ def test_observed_run_is_bit_identical_with_and_without_callback(tmp_path, kind,
         trainer = build(kind, tmp_path / f"{kind}-{with_callback}", tmp_path, peft=peft, report_to="none")
         if with_callback:
             attach(trainer, config(alignment_node_strategy="entropy", **CONTEXTS))
-        trainer.train()
-        return losses_and_weights(trainer)
+        return trainer
 
-    losses_a, weights_a = run(False)
-    losses_b, weights_b = run(True)
-    assert len(losses_a) == 3
-    assert losses_a == losses_b
-    for name, w in weights_a.items():
-        assert torch.equal(w, weights_b[name]), name
+    assert_bit_identical(run)
 
 
 def test_a_teacher_with_another_tokenizer_only_through_gold_uld(tmp_path):
