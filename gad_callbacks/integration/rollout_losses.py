@@ -105,6 +105,9 @@ class _OnPolicySlices:
                 extras = {"slice_rows": int(shifted.shape[0]), "slice_tokens": int(shifted.sum())}
                 if batch.get("rollout_logprobs") is not None:  # IW-OPD under vLLM: the sampler's log-probabilities
                     extras["rollout_logprobs"] = batch["rollout_logprobs"][b].cpu()[labels != -100].float()
+                for key in ("original_prompt_text", "original_completion_text"):  # what GOLD's teacher re-tokenizes
+                    if isinstance(batch.get(key), list):
+                        extras[key] = batch[key][b]
                 index = self.index.lookup(prompt)
                 row = self.row(index)
                 prompt_obj = None if row is None else self.prompt_of(row)
@@ -156,7 +159,9 @@ class GOLDAdapter(_OnPolicySlices, TrainerAdapter):
         batch = {"input_ids": ids, "labels": labels}
         trainer._maybe_add_completion_byte_offsets(batch)  # the student's completion byte offsets (extended ULD)
 
-        def text(token_ids):  # exactly as GOLD decodes its on-policy slices
+        def text(key, token_ids):  # the slice's own texts; for a fresh rollout, decoded as GOLD decodes its own
+            if key in rollout.extras:
+                return rollout.extras[key]
             return self.tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
         # As this TRL's `compute_loss` calls it (TRL 1.13's takes no `use_extended_uld`).
@@ -164,7 +169,10 @@ class GOLDAdapter(_OnPolicySlices, TrainerAdapter):
         if "use_extended_uld" in inspect.signature(build_teacher_inputs_from_texts).parameters:
             extra["use_extended_uld"] = trainer.uld_loss_fn.use_extended_uld
         t_ids, t_labels, t_mask, t_offsets = build_teacher_inputs_from_texts(
-            trainer.teacher_tokenizer, [text(rollout.prompt_ids)], [text(rollout.completion_ids)], **extra
+            trainer.teacher_tokenizer,
+            [text("original_prompt_text", rollout.prompt_ids)],
+            [text("original_completion_text", rollout.completion_ids)],
+            **extra,
         )
         teacher = self.trainer.accelerator.unwrap_model(trainer.teacher_model)
         device = model_device(teacher)  # ULD keeps its vocabulary mapping on the trainer's device

@@ -24,7 +24,9 @@ CONTEXTS = dict(alignment_self_contexts=["answer:live={prompt} The answer is {an
 def build(kind, out, tmp_path, peft=False, **extra):
     if kind == "gold":
         return gold_trainer(out, peft=peft, **extra)
-    if kind == "gold-uld":
+    if kind.startswith("gold-uld"):
+        if kind == "gold-uld-hybrid":  # ULD's cross-entropy term and hybrid loss (whose state the trainer logs)
+            extra.update(uld_crossentropy_weight=0.2, uld_use_hybrid_loss=True)
         return gold_trainer(out, peft=peft, teacher_dir=save_other_teacher(tmp_path / "other"), **extra)
     if kind == "iw_opd":
         return iw_opd_trainer(out, save_tiny(tmp_path / "teacher", seed=1), peft=peft, **extra)
@@ -61,6 +63,7 @@ def test_rollout_loss_trainers_log_every_teacher(tmp_path, kind, peft):
         ("gold", False),
         ("gold", True),
         ("gold-uld", False),
+        ("gold-uld-hybrid", True),
         ("iw_opd", False),
         ("iw_opd", True),
         ("sdpo", False),
