@@ -46,6 +46,7 @@ from ..method.allocation import neyman_counts
 from ..method.directions import ideal_direction
 from ..method.intervals import cosine_intervals, region_has_flat
 from ..method.nodes import candidate_set
+from ..method.proxies import cheap_statistics
 from ..method.streams import derive_seed, stream
 from ..method.success import SuccessEstimate, pad_rows
 from .inputs import DiagnosisConfig, Node, TeacherLoss, TrainerDirection
@@ -478,6 +479,7 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
             param_proj=float(proj["param"][t]),
             logit_proj=float(proj["logit"][t]),
             distance=prep["distance"].get(name, float("nan")),
+            proxies=cheap_statistics(prep["student"], t_logits, config.temperature),
         )
     return diag
 

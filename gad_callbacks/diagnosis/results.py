@@ -16,7 +16,8 @@ class TeacherAlignment:
     `param_cos` / `logit_cos` are the plain cosines of the estimated ideal (attenuated toward 0 by rollout noise: read
     them through pooled alignment, see [`pooled_alignment`]); `param_ci` / `logit_ci` their profile-likelihood
     intervals (calibrated); `param_proj` / `logit_proj` the unbiased numerator terms `<g_ideal_hat, g_T / ||g_T||>`
-    of pooled alignment; `distance` the teacher-student total-variation distance under the loss.
+    of pooled alignment; `distance` the teacher-student total-variation distance under the loss; `proxies` the cheap
+    statistics of the two distributions at the sampling temperature ([`cheap_statistics`], NaN where undefined).
     """
 
     param_cos: float
@@ -30,6 +31,7 @@ class TeacherAlignment:
     param_proj: float = float("nan")
     logit_proj: float = float("nan")
     distance: float = float("nan")
+    proxies: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -166,7 +168,10 @@ class NodeRecord:
     nothing measured, no candidates), `unscorable_continuations` (a candidate without any scored continuation),
     `flat_success`), `rollout_param_cos` (rollout-level cosine of the node's rollout), `param_proj` / `logit_proj`
     (unbiased numerator terms of pooled alignment; NaN where the teacher is undefined, 0 at a flat-success node),
-    `distance` (teacher-student total variation under the loss).
+    `distance` (teacher-student total variation under the loss); the cheap statistics a user could compute without
+    rollouts, at the sampling temperature: `kl_student_teacher`, `kl_teacher_student`, `js_divergence`,
+    `total_variation`, `prob_cosine`, `student_entropy`, `teacher_entropy` (NaN where the teacher has no distribution
+    over the student's tokens, and in records written before 0.6).
 
     Per node (the same in every teacher's row): `value` (V(node)), `candidates` / `success` / `success_low` /
     `success_high` / `success_counts` (per candidate: token id, success estimate, its interval, continuations scored),
@@ -216,6 +221,13 @@ class NodeRecord:
     ideal_norm2_param: float = math.nan
     ideal_norm2_logit: float = math.nan
     distance: float = math.nan
+    kl_student_teacher: float = math.nan
+    kl_teacher_student: float = math.nan
+    js_divergence: float = math.nan
+    total_variation: float = math.nan
+    prob_cosine: float = math.nan
+    student_entropy: float = math.nan
+    teacher_entropy: float = math.nan
     region_flat: bool = False
     pool_weight: float = 1.0
     screened_out: bool = False
@@ -265,6 +277,7 @@ def node_records(diagnosis: Diagnosis, node_meta: list[dict], step: int) -> list
                 ideal_norm2_param=node.ideal_norm2.get("param", math.nan),
                 ideal_norm2_logit=node.ideal_norm2.get("logit", math.nan),
                 distance=a.distance,
+                **a.proxies,
                 region_flat=node.region_flat,
                 pool_weight=node.pool_weight,
                 screened_out=node.screened_out,

@@ -232,3 +232,63 @@ def pooled_ratio(
     proj, norm2 = torch.nan_to_num(proj) * w, torch.nan_to_num(norm2) * w
     columns = [proj, norm2, torch.ones_like(proj), norm2.abs()]
     return _clustered(columns, defined, clusters, _pooled, confidence, num_bootstrap, generator)
+
+
+def _midranks(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Average ranks (1-based, ties share their mean rank) of `values` `[n]` in each weighted sample `weights` `[B, n]`,
+    a value of weight k standing for k tied copies: the ranks of the expanded sample, without expanding it."""
+    order = torch.argsort(values)
+    v, w = values[order], weights[:, order]
+    starts = torch.ones_like(v, dtype=torch.bool)
+    starts[1:] = v[1:] != v[:-1]
+    group = torch.cumsum(starts.long(), 0) - 1
+    group_weight = torch.zeros(w.shape[0], int(group[-1]) + 1, dtype=w.dtype).index_add_(1, group, w)
+    rank = (torch.cumsum(group_weight, 1) - group_weight + (group_weight + 1) / 2)[:, group]
+    out = torch.empty_like(rank)
+    out[:, order] = rank
+    return out
+
+
+def _weighted_spearman(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Spearman's rho of each weighted sample (Pearson's r of the midranks, weighted); NaN where a rank is constant."""
+    rx, ry = _midranks(x, weights), _midranks(y, weights)
+    total = weights.sum(1, keepdim=True)
+    dx = rx - (weights * rx).sum(1, keepdim=True) / total
+    dy = ry - (weights * ry).sum(1, keepdim=True) / total
+    cov = (weights * dx * dy).sum(1)
+    var = (weights * dx * dx).sum(1) * (weights * dy * dy).sum(1)
+    return torch.where(var > 0, cov / var.clamp_min(1e-300).sqrt(), torch.full_like(cov, float("nan")))
+
+
+def rank_correlation(
+    x,
+    y,
+    *,
+    clusters=None,
+    confidence: float = 0.95,
+    num_bootstrap: int = 1000,
+    generator: torch.Generator | None = None,
+) -> Summary:
+    """
+    Spearman rank correlation of the pairs where both `x` and `y` are defined (not NaN), with a cluster-bootstrap
+    percentile interval (whole clusters resampled, as for every aggregate; undefined below two clusters).
+    """
+    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1)
+    y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+    defined = ~(torch.isnan(x) | torch.isnan(y))
+    n, nan = int(defined.sum()), float("nan")
+    if n == 0:
+        return Summary(nan, nan, nan, 0, int((~defined).sum()), 0, confidence)
+    x, y = x[defined], y[defined]
+    point = float(_weighted_spearman(x, y, torch.ones(1, n, dtype=torch.float64))[0])
+    ids = _cluster_ids(clusters, defined)
+    n_clusters = int(ids.max()) + 1
+    if n_clusters < 2 or math.isnan(point):
+        return Summary(point, nan, nan, n, int((~defined).sum()), n_clusters, confidence)
+    if generator is None:  # never the global RNG
+        generator = torch.Generator().manual_seed(0)
+    pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
+    drawn = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
+    drawn.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+    lo, hi = percentile_interval(_weighted_spearman(x, y, drawn[:, ids]), confidence, bounds=(-1.0, 1.0))
+    return Summary(point, float(lo), float(hi), n, int((~defined).sum()), n_clusters, confidence)

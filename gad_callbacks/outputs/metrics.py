@@ -12,6 +12,9 @@ agree on the same records. Metric keys are `gad/...`, which the Trainer's Tensor
   `/logit`, `/correct`, `/incorrect`, `/logit/correct`, `/logit/incorrect`.
 - `gad/paired/<t>`, `gad/paired/<t>/pooled`: difference with the first teacher on the same nodes.
 - `gad/advantage/<t>`: mean teacher advantage.
+- `gad/proxy/<t>/<statistic>`: Spearman rank correlation, over the pause's nodes, of a cheap statistic (teacher-student
+  KL both ways, JS, total variation, probability cosine, the two entropies, relative position) with the node's
+  parameter-space cosine, with `/ci_low`, `/ci_high` (cluster bootstrap) and `/nodes`.
 
 Per pause: `gad/nodes`, `gad/targeted_rollouts`, `gad/rollouts_spent` (`_per_node`), `gad/screened_out` (nodes
 stopped after their screening rollouts). Means and pooled sums weigh each node by its `pool_weight`.
@@ -21,8 +24,11 @@ Undefined numbers are NaN (the caller drops them: a gap in the chart, not a fake
 
 import math
 
-from ..method.stats import Summary
-from .aggregate import RunAggregate, TeacherAggregate, aggregate
+from ..method.proxies import PROXIES
+from ..method.stats import Summary, rank_correlation
+from ..method.streams import stream
+from .aggregate import RunAggregate, TeacherAggregate, aggregate, cluster_labels
+from .records import to_node_records
 
 
 def summary_metrics(key: str, summary: Summary, counts: bool = False) -> dict[str, float]:
@@ -103,9 +109,35 @@ def pause_metrics(
         result.rows, teachers, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap, questions=False
     )
     out = run_metrics(run)
+    out.update(proxy_metrics(result.rows, teachers, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap))
     out["gad/rollouts"] = float(len(result.rollouts))
     correct = [float(r["correct"]) for r in result.rollouts]
     out["gad/correct_frac"] = sum(correct) / len(correct) if correct else math.nan
     for reason, count in result.skipped.items():
         out[f"gad/skipped/{reason}"] = float(count)
+    return out
+
+
+def proxy_metrics(rows, teachers: list[str], *, confidence=0.95, seed=0, num_bootstrap=1000) -> dict[str, float]:
+    """
+    How well each cheap statistic ranks the nodes as their alignment does: `gad/proxy/<t>/<statistic>` (see the module
+    docstring). Node cosines carry rollout noise, so these correlations are attenuated toward 0 like the mean cosine;
+    a weak one is an upper bound on how much the statistic tells, not a proof that it tells nothing more.
+    """
+    records = to_node_records(rows)
+    labels, _ = cluster_labels(records)
+    out = {}
+    for teacher in teachers:
+        mine = [(r, c) for r, c in zip(records, labels, strict=True) if r.teacher == teacher]
+        alignment = [r.param_cos for r, _ in mine]
+        for name in PROXIES:
+            summary = rank_correlation(
+                [getattr(r, name) for r, _ in mine],
+                alignment,
+                clusters=[c for _, c in mine],
+                confidence=confidence,
+                num_bootstrap=num_bootstrap,
+                generator=stream(seed, "proxy", teacher, name),
+            )
+            out.update(summary_metrics(f"gad/proxy/{teacher}/{name}", summary))
     return out

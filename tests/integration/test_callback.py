@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig
 from gad_callbacks.integration.adapters import adapter_for
-from gad_callbacks.method.stats import pooled_ratio
+from gad_callbacks.method.stats import pooled_ratio, rank_correlation
 from gad_callbacks.outputs.records import read_records
 from gad_callbacks.outputs.runs import find_runs
 from tests.integration.helpers import (
@@ -93,6 +93,22 @@ def check_logged(trainer, output_dir, teachers, steps):
             if not math.isnan(pooled.mean):
                 assert tb[f"train/gad/pooled/{teacher}"][step] == pytest.approx(pooled.mean, abs=1e-5)
         assert f"train/gad/pooled/{teacher}" in tb, "the pooled alignment was never defined"
+    # Cheap statistics: recorded at every node, and their rank correlation with alignment logged per teacher.
+    labels = {(r["rollout_id"], r["step"]): ("rollout", r["step"], r["rollout_id"]) for r in rows}
+    for teacher in teachers:
+        for step in range(1, steps + 1):
+            part = [r for r in rows if r["teacher"] == teacher and r["step"] == step]
+            assert all(r["student_entropy"] >= 0 for r in part)
+            for name in ("kl_student_teacher", "rel_position"):
+                want = rank_correlation(
+                    [r[name] for r in part],
+                    [r["param_cos"] for r in part],
+                    clusters=[labels[(r["rollout_id"], r["step"])] for r in part],
+                )
+                key = f"train/gad/proxy/{teacher}/{name}"
+                assert tb[f"{key}/nodes"][step] == want.n
+                if not math.isnan(want.mean):
+                    assert tb[key][step] == pytest.approx(want.mean, abs=1e-5)
     for step in range(1, steps + 1):
         nodes = {(r["rollout_id"], r["position"]): r for r in rows if r["step"] == step}
         assert tb["train/gad/rollouts_spent"][step] == sum(r["rollouts_spent"] for r in nodes.values())
