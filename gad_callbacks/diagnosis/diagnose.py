@@ -460,6 +460,7 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
         else:
             nan = torch.full((len(names),), float("nan"), dtype=torch.float64)
             ci[space] = (nan, nan)
+    log_p = torch.log_softmax(prep["student"].double() / config.temperature, dim=-1)  # for the cheap statistics
     for t, name in enumerate(names):
         b = prep["directions"][name]
         t_logits = prep["teacher"][name]
@@ -479,7 +480,7 @@ def _assemble(node, prep, names, teacher_losses, config, spent) -> NodeDiagnosis
             param_proj=float(proj["param"][t]),
             logit_proj=float(proj["logit"][t]),
             distance=prep["distance"].get(name, float("nan")),
-            proxies=cheap_statistics(prep["student"], t_logits, config.temperature),
+            proxies=cheap_statistics(prep["student"], t_logits, config.temperature, student_log_probs=log_p),
         )
     return diag
 

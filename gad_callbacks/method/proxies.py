@@ -26,7 +26,8 @@ PROXIES = (*NODE_PROXIES, "rel_position")
 
 
 def _entropy(log_p: torch.Tensor) -> float:
-    return float(-(log_p.exp() * log_p).sum())
+    p = log_p.exp()
+    return float(-torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum()) + 0.0  # masked (-inf) tokens add 0
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
@@ -35,19 +36,25 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
     return float(torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum())
 
 
-def cheap_statistics(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, temperature: float) -> dict:
+def cheap_statistics(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, temperature: float, *, student_log_probs=None
+) -> dict:
     """
     The [`NODE_PROXIES`] of one node and teacher; only `student_entropy` when the teacher has no distribution over the
     student's vocabulary (`teacher_logits=None`: a teacher with another tokenizer), NaN for the rest.
+    `student_log_probs`: the student's float64 log-probabilities at `temperature`, when the caller has them already
+    (one log-softmax per node, not per teacher, at a 150k vocabulary).
     """
-    log_p = torch.log_softmax(student_logits.reshape(-1).double() / temperature, dim=-1)
+    log_p = student_log_probs
+    if log_p is None:
+        log_p = torch.log_softmax(student_logits.reshape(-1).double() / temperature, dim=-1)
     out = dict.fromkeys(NODE_PROXIES, math.nan)
     out["student_entropy"] = _entropy(log_p)
     if teacher_logits is None:
         return out
     log_q = torch.log_softmax(teacher_logits.reshape(-1).double() / temperature, dim=-1)
     p, q = log_p.exp(), log_q.exp()
-    log_m = torch.log(0.5 * (p + q))
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)  # no underflow to log(0) where p and q are both tiny
     out.update(
         kl_student_teacher=_kl(log_p, log_q),
         kl_teacher_student=_kl(log_q, log_p),

@@ -265,22 +265,26 @@ def rank_correlation(
     y,
     *,
     clusters=None,
+    weights=None,
     confidence: float = 0.95,
     num_bootstrap: int = 1000,
     generator: torch.Generator | None = None,
 ) -> Summary:
     """
     Spearman rank correlation of the pairs where both `x` and `y` are defined (not NaN), with a cluster-bootstrap
-    percentile interval (whole clusters resampled, as for every aggregate; undefined below two clusters).
+    percentile interval (whole clusters resampled, as for every aggregate; undefined below two clusters). `weights`:
+    a weight per pair (the records' `pool_weight`: a node finished after a flat screen stands for several), as
+    repeated copies of it would weigh.
     """
     x = torch.as_tensor(x, dtype=torch.float64).reshape(-1)
     y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+    w = _weights(weights, x)
     defined = ~(torch.isnan(x) | torch.isnan(y))
     n, nan = int(defined.sum()), float("nan")
     if n == 0:
         return Summary(nan, nan, nan, 0, int((~defined).sum()), 0, confidence)
-    x, y = x[defined], y[defined]
-    point = float(_weighted_spearman(x, y, torch.ones(1, n, dtype=torch.float64))[0])
+    x, y, w = x[defined], y[defined], w[defined]
+    point = float(_weighted_spearman(x, y, w[None])[0])
     ids = _cluster_ids(clusters, defined)
     n_clusters = int(ids.max()) + 1
     if n_clusters < 2 or math.isnan(point):
@@ -290,5 +294,5 @@ def rank_correlation(
     pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
     drawn = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
     drawn.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
-    lo, hi = percentile_interval(_weighted_spearman(x, y, drawn[:, ids]), confidence, bounds=(-1.0, 1.0))
+    lo, hi = percentile_interval(_weighted_spearman(x, y, drawn[:, ids] * w), confidence, bounds=(-1.0, 1.0))
     return Summary(point, float(lo), float(hi), n, int((~defined).sum()), n_clusters, confidence)

@@ -121,8 +121,10 @@ def pause_metrics(
 def proxy_metrics(rows, teachers: list[str], *, confidence=0.95, seed=0, num_bootstrap=1000) -> dict[str, float]:
     """
     How well each cheap statistic ranks the nodes as their alignment does: `gad/proxy/<t>/<statistic>` (see the module
-    docstring). Node cosines carry rollout noise, so these correlations are attenuated toward 0 like the mean cosine;
-    a weak one is an upper bound on how much the statistic tells, not a proof that it tells nothing more.
+    docstring), nodes weighted by `pool_weight` as in every mean. The target is the node cosine as estimated, whose
+    rollout noise mostly weakens these correlations (a weak one understates what the statistic tells about the true
+    alignment), but whose attenuation also varies by node (more where the ideal is small next to its noise): a
+    statistic tied to that (an entropy, say) can correlate with the estimated cosine for that reason too.
     """
     records = to_node_records(rows)
     labels, _ = cluster_labels(records)
@@ -135,6 +137,7 @@ def proxy_metrics(rows, teachers: list[str], *, confidence=0.95, seed=0, num_boo
                 [getattr(r, name) for r, _ in mine],
                 alignment,
                 clusters=[c for _, c in mine],
+                weights=[r.pool_weight for r, _ in mine],
                 confidence=confidence,
                 num_bootstrap=num_bootstrap,
                 generator=stream(seed, "proxy", teacher, name),

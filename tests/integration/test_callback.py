@@ -104,6 +104,7 @@ def check_logged(trainer, output_dir, teachers, steps):
                     [r[name] for r in part],
                     [r["param_cos"] for r in part],
                     clusters=[labels[(r["rollout_id"], r["step"])] for r in part],
+                    weights=[r["pool_weight"] for r in part],
                 )
                 key = f"train/gad/proxy/{teacher}/{name}"
                 assert tb[f"{key}/nodes"][step] == want.n
