@@ -9,7 +9,8 @@ its own logits in the trainer teacher's place: what this trainer would do with t
 
 The loss is taken on the rollout alone (a batch of one): the trainer's normalisation by the batch's token count is a
 positive factor per rollout, which no cosine sees. Where the trainer mixes terms normalised differently (SDPO's policy
-and distillation terms), each term keeps the factor the trainer gives it in the rollout's own micro-batch.
+and distillation terms, ULD's cross-entropy and distillation terms), each term keeps the factor the trainer gives it
+in the rollout's own micro-batch.
 """
 
 import contextlib
