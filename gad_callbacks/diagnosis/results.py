@@ -171,7 +171,7 @@ class NodeRecord:
     `distance` (teacher-student total variation under the loss); the cheap statistics a user could compute without
     rollouts, at the sampling temperature: `kl_student_teacher`, `kl_teacher_student`, `js_divergence`,
     `total_variation`, `prob_cosine`, `student_entropy`, `teacher_entropy` (NaN where the teacher has no distribution
-    over the student's tokens, and in records written before 0.6).
+    over the student's tokens, and in records written without them).
 
     Per node (the same in every teacher's row): `value` (V(node)), `candidates` / `success` / `success_low` /
     `success_high` / `success_counts` (per candidate: token id, success estimate, its interval, continuations scored),

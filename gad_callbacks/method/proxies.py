@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .alignment import total_variation
+
 
 #: The statistics recorded at every (node, teacher), in records and metrics order.
 NODE_PROXIES = (
@@ -59,7 +61,7 @@ def cheap_statistics(
         kl_student_teacher=_kl(log_p, log_q),
         kl_teacher_student=_kl(log_q, log_p),
         js_divergence=0.5 * _kl(log_p, log_m) + 0.5 * _kl(log_q, log_m),
-        total_variation=float(0.5 * (p - q).abs().sum()),
+        total_variation=total_variation(log_p, log_q),
         prob_cosine=float(p @ q / (p.norm() * q.norm())),
         teacher_entropy=_entropy(log_q),
     )
