@@ -37,22 +37,30 @@ from .engine.verifiers import (
 from .engine.vjp import parameter_cosines, parameter_gram
 from .integration.callback import GradientAlignmentCallback
 from .integration.config import GradientAlignmentConfig
+from .integration.router import AlignmentRouter, AlignmentRouterConfig
 from .method.directions import distillation_direction, distillation_loss, ideal_direction, oracle_teacher_logits
 from .method.nodes import candidate_set, entropy, select_nodes
-from .method.stats import Summary, paired_difference, pooled_ratio, summarize
+from .method.stats import Summary, best_probabilities, joint_pooled, paired_difference, pooled_ratio, summarize
 from .method.success import SuccessEstimate
 from .outputs.aggregate import aggregate
+from .outputs.compare import Comparison, compare
+from .outputs.compare_table import format_comparison
 from .outputs.summary import format_table
 
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
+    "AlignmentRouter",
+    "AlignmentRouterConfig",
     "ChoiceAnswerReward",
     "ExactMatchReward",
     "PassResult",
     "RegexMatchReward",
     "aggregate",
+    "Comparison",
+    "compare",
+    "format_comparison",
     "build_reward_func",
     "context_teacher",
     "format_table",
@@ -88,6 +96,8 @@ __all__ = [
     "extract_final_number",
     "ideal_direction",
     "oracle_teacher_logits",
+    "joint_pooled",
+    "best_probabilities",
     "paired_difference",
     "pooled_alignment",
     "pooled_ratio",

@@ -2,6 +2,7 @@
 
 gad [--debug] diagnose [--config configs/diagnose_default.yaml] [--key value ...]
 gad [--debug] report RUN_DIR [--run ID] [--confidence LEVEL]
+gad [--debug] compare RUN_DIR [--run ID] [--confidence LEVEL]
 
 An expected failure (a bad key, a missing file, an unusable device or output directory) is one line on stderr,
 `gad: error: ...`, and exit status 2; `--debug` (anywhere on the command line) shows the traceback instead.
@@ -16,6 +17,7 @@ usage: gad [--debug] COMMAND [ARGS ...]
 commands:
   diagnose [--config FILE.yaml] [--key value ...]   training-free diagnostic of teachers on a student and a dataset
   report RUN_DIR [--run ID] [--confidence LEVEL]    summary and report.html of one run, from its saved records
+  compare RUN_DIR [--run ID] [--confidence LEVEL]   which teacher aligns best, and which differences are resolved
 
 options:
   -h, --help   show this message (`gad COMMAND --help` for a command's options)
@@ -50,7 +52,13 @@ def _report(rest: list[str]) -> int:
     return report_command(rest)
 
 
-COMMANDS = {"diagnose": _diagnose, "report": _report}
+def _compare(rest: list[str]) -> int:
+    from .compare import compare_command
+
+    return compare_command(rest)
+
+
+COMMANDS = {"diagnose": _diagnose, "report": _report, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

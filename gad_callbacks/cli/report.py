@@ -1,9 +1,12 @@
-"""`gad report RUN_DIR [--run ID] [--confidence LEVEL]`: rebuild the summary table and the HTML report of one run
-from its saved records."""
+"""`gad report RUN_DIR [--run ID] [--confidence LEVEL]`: rebuild the summary table, the teacher comparison and the
+HTML report of one run from its saved records."""
 
 from pathlib import Path
 
+from ..diagnosis.results import NodeRecord
 from ..outputs.aggregate import aggregate
+from ..outputs.compare import compare
+from ..outputs.compare_table import format_comparison
 from ..outputs.files import atomic_write_text
 from ..outputs.html_report import render_html
 from ..outputs.records import read_record_files, read_records, to_node_records
@@ -38,11 +41,12 @@ def skipped_summary(info: dict) -> str:
     return str(skipped)
 
 
-def summarize_run(
-    run_dir: str | Path, confidence: float | None = None, seed: int | None = None, num_bootstrap: int = 1000
-) -> tuple[str, str]:
+def read_run(
+    run_dir: str | Path, confidence: float | None = None, seed: int | None = None
+) -> tuple[list[NodeRecord], dict]:
     """
-    The terminal table and the `report.html` page of the run in `run_dir` (see [`write_report`] for the arguments).
+    The node records of the run in `run_dir`, and the settings to aggregate them with: `confidence` and `seed` as
+    given, else the run's (`run.json`, see [`run_settings`]), else 0.95 and 0.
 
     Raises:
         `FileNotFoundError`: the run has no record files.
@@ -65,14 +69,30 @@ def summarize_run(
             f"skipped: {skipped_summary(info)}"
         )
     saved = run_settings(info)
-    confidence = saved.get("confidence", 0.95) if confidence is None else confidence
-    seed = saved.get("seed", 0) if seed is None else seed
-    records = to_node_records(found.rows)
+    settings = {
+        "confidence": saved.get("confidence", 0.95) if confidence is None else confidence,
+        "seed": saved.get("seed", 0) if seed is None else seed,
+    }
+    return to_node_records(found.rows), settings
+
+
+def summarize_run(
+    run_dir: str | Path, confidence: float | None = None, seed: int | None = None, num_bootstrap: int = 1000
+) -> tuple[str, str]:
+    """
+    The terminal table (the per-teacher summary, then the teacher comparison) and the `report.html` page of the run
+    in `run_dir` (see [`write_report`] for the arguments; raises as [`read_run`]).
+    """
+    run_dir = Path(run_dir)
+    records, settings = read_run(run_dir, confidence, seed)
     # The rollouts of a step whose record file was unreadable are left out with it: the totals stay consistent.
     steps = {r.step for r in records}
     rollouts = [r for r in read_records(run_dir / "rollouts") if r.get("step") in steps]
-    run = aggregate(records, confidence=confidence, seed=seed, num_bootstrap=num_bootstrap)
-    return format_table(run, rollouts), render_html(records, rollouts, run, title=f"gad report — {run_id}")
+    run = aggregate(records, **settings, num_bootstrap=num_bootstrap)
+    comparison = compare(records, **settings, num_bootstrap=num_bootstrap)
+    table = format_table(run, rollouts) + "\n\n" + format_comparison(comparison)
+    title = f"gad report — {run_id_of(run_dir)}"
+    return table, render_html(records, rollouts, run, title=title, comparison=comparison)
 
 
 def write_report(
@@ -83,8 +103,8 @@ def write_report(
     run: str | None = None,
 ) -> Path:
     """
-    Print which run is read and its per-teacher summary, and write `report.html` (atomically) in the run's directory;
-    returns the report's path.
+    Print which run is read, its per-teacher summary and its teacher comparison, and write `report.html` (atomically)
+    in the run's directory; returns the report's path.
 
     Args:
         run_dir (`str` or `Path`):
@@ -110,12 +130,9 @@ def write_report(
     return path
 
 
-def report_parser() -> OneLineArgumentParser:
-    parser = OneLineArgumentParser(
-        prog="gad report",
-        description="Rebuild the per-teacher summary and report.html of one run from its saved records.",
-        allow_abbrev=False,
-    )
+def run_parser(prog: str, description: str) -> OneLineArgumentParser:
+    """The arguments of a command that reads one saved run: `RUN_DIR [--run ID] [--confidence LEVEL]`."""
+    parser = OneLineArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument(
         "run_dir",
         metavar="RUN_DIR",
@@ -128,10 +145,23 @@ def report_parser() -> OneLineArgumentParser:
     return parser
 
 
-def report_command(argv: list[str]) -> int:
-    """`gad report` on its arguments; `--help` raises `SystemExit(0)`, errors raise."""
-    args = report_parser().parse_args(argv)
+def parse_run_arguments(parser: OneLineArgumentParser, argv: list[str]):
+    """`parser`'s arguments (see [`run_parser`]), with `--confidence` checked; `--help` raises `SystemExit(0)`."""
+    args = parser.parse_args(argv)
     if args.confidence is not None and not 0 < args.confidence < 1:
         raise ValueError(f"--confidence must be in (0, 1), got {args.confidence:g}.")
+    return args
+
+
+def report_parser() -> OneLineArgumentParser:
+    return run_parser(
+        "gad report",
+        "Rebuild the per-teacher summary, the teacher comparison and report.html of one run from its saved records.",
+    )
+
+
+def report_command(argv: list[str]) -> int:
+    """`gad report` on its arguments; `--help` raises `SystemExit(0)`, errors raise."""
+    args = parse_run_arguments(report_parser(), argv)
     write_report(args.run_dir, confidence=args.confidence, run=args.run)
     return 0

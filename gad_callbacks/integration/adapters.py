@@ -6,6 +6,7 @@ settings are read off the trainer's own arguments, because the defaults differ b
 logits by `temperature` and may restrict the loss to the student's top-k).
 """
 
+import dataclasses
 import warnings
 
 import torch
@@ -126,7 +127,7 @@ class TrainerAdapter:
                 )
         return out
 
-    def _fresh(self, student, generator: torch.Generator, n: int) -> list[Rollout]:
+    def fresh_rollouts(self, student, generator: torch.Generator, n: int) -> list[Rollout]:
         """`n` fresh rollouts from training prompts, sampled at the trainer's temperature and completion length."""
         n = min(n, len(self.dataset))
         indices = torch.randperm(len(self.dataset), generator=generator)[:n].tolist()
@@ -218,7 +219,7 @@ class GKDAdapter(TrainerAdapter):
         return self._chat_tokenize(prompts)
 
     def rollouts(self, student, generator):
-        return self._fresh(student, generator, self.rollouts_per_pause)
+        return self.fresh_rollouts(student, generator, self.rollouts_per_pause)
 
 
 class SDFTAdapter(TrainerAdapter):
@@ -248,6 +249,10 @@ class SDFTAdapter(TrainerAdapter):
 
     def rollouts(self, student, generator):
         return self._buffered()
+
+    def wrap(self, source: TeacherSource) -> TeacherSource:
+        """An extra teacher or context under SDFT's loss: the first `num_loss_tokens_to_skip` positions carry none."""
+        return dataclasses.replace(source, skip_positions=int(getattr(self.args, "num_loss_tokens_to_skip", 0) or 0))
 
     def trainer_teacher(self, name: str) -> TeacherSource:
         """The student under SDFT's privileged prompt with SDFT's teacher weights; the positions its loss skips carry

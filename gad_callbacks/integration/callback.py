@@ -170,6 +170,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
     def _build_teachers(self, extra_models: dict, extra_contexts: list) -> list[TeacherSource]:
         loss, cfg, adapter, trainer = self.adapter.teacher_loss(), self.config, self.adapter, self.trainer
         sources, engines = [], []  # engines of our own teachers; the trainer's are looked up at each pause
+        self._prepared = {}  # extra teacher models as prepared for the trainer, by name (the router trains with them)
         if cfg.alignment_trainer_teacher:
             source = adapter.trainer_teacher(cfg.alignment_trainer_teacher)
             # The trainer's external teacher: its tokenizer must match too, unless the trainer's loss aligns the two
@@ -193,6 +194,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
             check_tokenizers(name, tokenizer, adapter.tokenizer)
             prepared = prepare_teacher(model, trainer)  # exactly as TRL prepares its own teacher
             engines.append(prepared)
+            self._prepared[name] = prepared
             sources.append(
                 adapter.wrap(model_teacher(name, trainer.accelerator.unwrap_model(prepared), self.student, loss))
             )
@@ -248,9 +250,12 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         self.run_id, self.pauses, self.nodes_total, self.errors, self.output_errors = None, 0, 0, 0, 0
         self.skipped, self.last_step = {}, -1
 
+    #: Attributes saved in checkpoints (`state()`) and restored on resume.
+    state_attributes = _STATE
+
     def state(self) -> dict:
         # The run id travels with the checkpoint: a resumed run writes on under the same id.
-        values = {name: getattr(self, name) for name in _STATE}
+        values = {name: getattr(self, name) for name in self.state_attributes}
         values["skipped"] = dict(self.skipped)
         return {"args": {}, "attributes": values}
 
@@ -269,7 +274,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
                 index = next((i for i, cb in enumerate(ours) if cb is self), 0)
                 saved = saved[-len(ours) :][index] if len(saved) >= len(ours) > index else None
             for key, value in ((saved or {}).get("attributes") or {}).items():
-                if key in _STATE:
+                if key in self.state_attributes:
                     setattr(self, key, value)
         self.run_id = self.run_id or new_run_id()
         if state.max_steps and self.config.alignment_every_n_steps > state.max_steps:
@@ -305,10 +310,17 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         step = state.global_step
         if step % self.config.alignment_every_n_steps != 0 or step == self.last_step:
             return
+        self._pause_and_log(args, state, control, step)
+
+    def _after_pause(self, step: int, result: PassResult, ok: bool) -> dict[str, float]:
+        """Extra scalars of a pause, logged with its own (the router decides here); none for the observer."""
+        return {}
+
+    def _pause_and_log(self, args, state, control, step: int, fresh: bool = False) -> None:
         self.last_step = step
         start = time.perf_counter()
         with preserved_rng():
-            metrics, result, errors = self._pause(step, state.is_local_process_zero)
+            metrics, result, errors = self._pause(step, state.is_local_process_zero, fresh)
         if errors:  # a diagnostic must never take the training run down with it: counted, warned, skipped
             self.errors += 1
             for error in errors:
@@ -319,6 +331,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
                 self.skipped[reason] = self.skipped.get(reason, 0) + count
             self.nodes_total += int(metrics["gad/nodes"])
         self.pauses += 1
+        metrics.update(self._after_pause(step, result, not errors))
         metrics["gad/seconds"] = time.perf_counter() - start
         metrics["gad/errors"] = float(self.errors)
         metrics["gad/output_errors"] = float(self.output_errors)
@@ -344,10 +357,12 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
     def _seed(self, step: int) -> int:
         return derive_seed(self.config.alignment_seed, "pause", step)
 
-    def _pause(self, step: int, show_progress: bool):
+    def _pause(self, step: int, show_progress: bool, fresh: bool = False):
         """
         One pause on every process: the same rollouts everywhere, every `world_size`-th one diagnosed here, rows
         gathered. Local failures are caught and reported after the collectives, so no process is left waiting.
+        `fresh`: sample new rollouts from training prompts instead of reading the trainer's (before the first step,
+        when it has none yet).
         """
         cfg, adapter, acc = self.config, self.adapter, self.trainer.accelerator
         rank, world = acc.process_index, acc.num_processes
@@ -358,10 +373,13 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         trainer_engines = (self.trainer.model_wrapped, getattr(self.trainer, "teacher_model", None))
         with full_parameters(deepspeed_engines(*trainer_engines, *self._engines), acc):
             try:
-                rollouts = adapter.rollouts(self.student, generator)
+                if fresh:  # every process samples the same ones, from the seed they share
+                    rollouts = adapter.fresh_rollouts(self.student, generator, cfg.alignment_rollouts_per_pause)
+                else:
+                    rollouts = adapter.rollouts(self.student, generator)
             except Exception as err:
                 rollouts, error = [], f"{type(err).__name__}: {err}"
-            if adapter.rollouts_are_local:
+            if adapter.rollouts_are_local and not fresh:
                 rollouts = gather_lists(rollouts, world)
             if len(rollouts) > cfg.alignment_rollouts_per_pause:
                 pick = torch.randperm(len(rollouts), generator=generator)[: cfg.alignment_rollouts_per_pause]

@@ -113,7 +113,7 @@ class _OnPolicySlices:
                 row = self.row(index)
                 prompt_obj = None if row is None else self.prompt_of(row)
                 rollouts.append(Rollout(prompt_obj, prompt, completion, row, index, extras))
-        return rollouts if slices else self._fresh(student, generator, self.rollouts_per_pause)
+        return rollouts if slices else self.fresh_rollouts(student, generator, self.rollouts_per_pause)
 
 
 class GOLDAdapter(_OnPolicySlices, TrainerAdapter):

@@ -234,6 +234,80 @@ def pooled_ratio(
     return _clustered(columns, defined, clusters, _pooled, confidence, num_bootstrap, generator)
 
 
+def joint_pooled(
+    projections,
+    ideal_norms2,
+    *,
+    clusters=None,
+    weights=None,
+    num_bootstrap: int = 1000,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Pooled alignments of several teachers on the same nodes, and their bootstrap replicates drawn *jointly*: every
+    replicate resamples the same clusters for all teachers, so differences and rankings keep the pairing (two teachers
+    scored on the same nodes share that sample's luck; independent intervals would overstate their difference's
+    noise).
+
+    Args:
+        projections (`[T, N]` array):
+            Per teacher and node, the projection term of [`pooled_ratio`]; NaN where that teacher is undefined (each
+            teacher pools its own defined nodes).
+        ideal_norms2 (`[N]` array):
+            Per node, the unbiased squared norm of the ideal.
+        clusters, weights, num_bootstrap, generator: as for [`pooled_ratio`].
+
+    Returns:
+        `(points, replicates)`: `points[t]` the pooled alignment of teacher `t` (as [`pooled_ratio`] gives it), and
+        `replicates[b, t]` its value in replicate `b` (`[num_bootstrap, T]`; empty `[0, T]` below two clusters). NaN
+        where the pool is undefined.
+    """
+    proj = torch.as_tensor(projections, dtype=torch.float64)
+    proj = proj.reshape(1, -1) if proj.dim() == 1 else proj
+    norm2 = torch.as_tensor(ideal_norms2, dtype=torch.float64).reshape(-1)
+    if proj.shape[1] != norm2.numel():
+        raise ValueError(f"Got {proj.shape[1]} projections per teacher but {norm2.numel()} ideal norms.")
+    w = _weights(weights, norm2)
+    defined = ~(torch.isnan(proj) | torch.isnan(norm2)[None])  # [T, N]
+    keep = defined.any(0)
+    n_teachers = proj.shape[0]
+    nan = torch.full((n_teachers,), float("nan"), dtype=torch.float64)
+    if not bool(keep.any()):
+        return nan, torch.empty(0, n_teachers, dtype=torch.float64)
+    d = defined[:, keep].to(torch.float64)
+    wn = torch.nan_to_num(norm2[keep]) * w[keep]
+    # Per teacher the four columns of `_pooled`, zero on its undefined nodes.
+    columns = [torch.nan_to_num(proj[:, keep]) * w[keep] * d, wn * d, d, wn.abs() * d]
+    points = _pooled(*[c.sum(1) for c in columns])
+    ids = _cluster_ids(clusters, keep)
+    n_clusters = int(ids.max()) + 1
+    if n_clusters < 2:
+        return points, torch.empty(0, n_teachers, dtype=torch.float64)
+    if generator is None:  # never the global RNG
+        generator = torch.Generator().manual_seed(0)
+    pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
+    drawn = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
+    drawn.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+    sums = [torch.zeros(n_teachers, n_clusters, dtype=torch.float64).index_add_(1, ids, c) for c in columns]
+    return points, _pooled(*[drawn @ s.T for s in sums])
+
+
+def best_probabilities(replicates: torch.Tensor) -> torch.Tensor:
+    """
+    Per teacher, the share of joint bootstrap replicates ([`joint_pooled`]) in which its pooled alignment is the
+    highest: the bootstrap's stand-in for the posterior probability of being best. Ties share the replicate (two
+    identical teachers get half each, not all to the first listed); a teacher undefined in a replicate is not best
+    there; replicates where every teacher is undefined are left out (all NaN when none is left).
+    """
+    reps = torch.as_tensor(replicates, dtype=torch.float64)
+    usable = ~torch.isnan(reps).all(1)
+    if not bool(usable.any()):
+        return torch.full((reps.shape[1],), float("nan"), dtype=torch.float64)
+    reps = torch.nan_to_num(reps[usable], nan=-math.inf)
+    best = (reps == reps.max(1, keepdim=True).values).to(torch.float64)
+    return (best / best.sum(1, keepdim=True)).mean(0)
+
+
 def _midranks(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Average ranks (1-based, ties share their mean rank) of `values` `[n]` in each weighted sample `weights` `[B, n]`,
     a value of weight k standing for k tied copies: the ranks of the expanded sample, without expanding it."""

@@ -198,6 +198,18 @@ def _in_bucket(rel: float, low: float, high: float) -> bool:
     return low <= rel < high or (high == 1.0 and rel == 1.0)
 
 
+def question_outcomes(records: list[NodeRecord]) -> dict:
+    """
+    Per question id, `(correct, rollouts)`: of its diagnosed rollouts in `records` (every step), how many were verified
+    correct. The student's pass rate on the question is their ratio. Records without a question id are left out.
+    """
+    verdicts: dict = {}
+    for r in records:
+        if r.question_id is not None:
+            verdicts.setdefault(r.question_id, {})[(r.step, r.rollout_id)] = bool(r.correct)
+    return {qid: (sum(v.values()), len(v)) for qid, v in verdicts.items()}
+
+
 def per_question(
     rows, teacher: str, *, confidence: float = 0.95, seed: int = 0, num_bootstrap: int = 1000
 ) -> list[QuestionAggregate]:
@@ -213,19 +225,17 @@ def per_question(
         num_bootstrap (`int`, *optional*, defaults to `1000`): Bootstrap replicates.
     """
     stats = _Stats(confidence, seed, num_bootstrap)
-    verdicts: dict = {}
+    records = to_node_records(rows)
+    outcomes = question_outcomes(records)
     mine: dict = {}
-    for r in to_node_records(rows):  # one pass: a long run's report has many questions
-        if r.question_id is None:
-            continue
-        verdicts.setdefault(r.question_id, {})[(r.step, r.rollout_id)] = bool(r.correct)
-        if r.teacher == teacher:
+    for r in records:  # one pass: a long run's report has many questions
+        if r.question_id is not None and r.teacher == teacher:
             mine.setdefault(r.question_id, []).append((r, (r.step, r.rollout_id)))
     return [
         QuestionAggregate(
             question_id=qid,
-            rollouts=len(verdicts[qid]),
-            correct=sum(verdicts[qid].values()),
+            rollouts=outcomes[qid][1],
+            correct=outcomes[qid][0],
             mean=stats.mean(mine[qid], "param_cos", teacher, "question", qid, "mean"),
         )
         for qid in sorted(mine, key=lambda q: (str(type(q)), q))

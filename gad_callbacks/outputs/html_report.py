@@ -1,4 +1,4 @@
-"""A self-contained HTML report: per-teacher summary charts and per-rollout token views.
+"""A self-contained HTML report: per-teacher summary charts, the teacher comparison, and per-rollout token views.
 
 One file, no network: inline CSS, inline SVG charts drawn here, and a little inline JavaScript that colours each
 diagnosed token by its alignment with the teacher picked in a selector (blue: aligned with the ideal gradient,
@@ -12,6 +12,8 @@ import math
 
 from ..method.stats import Summary
 from .aggregate import RunAggregate, confidence_label
+from .compare import NOT_RESOLVED, Comparison
+from .compare_table import comparison_legend, format_p_best, plain_answer, ranking_chain
 from .records import to_node_records
 from .summary import format_summary, legend
 
@@ -121,6 +123,61 @@ def _question_table(run: RunAggregate) -> str:
     return '<table id="questions">' + "\n".join(out) + "</table>"
 
 
+def _row(cells: list, tag: str = "td") -> str:
+    """A table row of [`Summary`] cells ([`_cell`]) and plain values (escaped here)."""
+    return (
+        "<tr>"
+        + "".join(_cell(c) if isinstance(c, Summary) else f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells)
+        + "</tr>"
+    )
+
+
+def _table(table_id: str, head: list[str], rows: list[list]) -> str:
+    return f'<table id="{table_id}">{_row(head, "th")}{"".join(_row(r) for r in rows)}</table>'
+
+
+def _comparison_section(comp: Comparison | None) -> str:
+    """The teacher comparison: the answer in words, the ranking with P(best), every pair, the slices."""
+    if comp is None:
+        return ""
+    overall = comp.overall
+
+    def more(p) -> str:
+        if p.verdict != NOT_RESOLVED:
+            return ""
+        return "cannot be estimated" if p.more_rollouts is None else str(p.more_rollouts)
+
+    ranking = _table(
+        "ranking",
+        ["rank", "teacher", "pooled alignment (param)", "P(best)"],
+        [[i, r.teacher, r.pooled, format_p_best(r.p_best)] for i, r in enumerate(overall.ranking, 1)],
+    )
+    pairs = _table(
+        "pairs",
+        ["pair (higher - lower)", "difference on the same nodes", "verdict", "more diagnosed rollouts to resolve it"],
+        [[f"{p.higher} - {p.lower}", p.difference, p.verdict, more(p)] for p in overall.pairs],
+    )
+    slices = _table(
+        "slices",
+        [
+            "slice",
+            "nodes",
+            "rollouts",
+            "clusters",
+            "P(best) of the first",
+            "ranking (> resolved, ~ no significant difference, ? no interval)",
+        ],
+        [
+            [s.label, s.nodes, s.rollouts, s.clusters, format_p_best(s.ranking[0].p_best), ranking_chain(s)]
+            for s in comp.slices
+        ],
+    )
+    return (
+        f'<h2>Comparison</h2>\n<p id="comparison-answer">{html.escape(plain_answer(comp))}</p>\n'
+        f'{ranking}\n{pairs}\n{slices}\n<p class="legend">{html.escape(comparison_legend(comp))}</p>'
+    )
+
+
 _SCRIPT = r"""
 window.onerror = function (msg, src, line) {
   document.getElementById('errors').textContent += 'Error: ' + msg + ' (line ' + line + ')\n';
@@ -203,7 +260,13 @@ _TOOLTIP_FIELDS = (
 )
 
 
-def render_html(rows: list, rollouts: list[dict], run: RunAggregate, title: str = "gad report") -> str:
+def render_html(
+    rows: list,
+    rollouts: list[dict],
+    run: RunAggregate,
+    title: str = "gad report",
+    comparison: Comparison | None = None,
+) -> str:
     """
     The whole report as one HTML string.
 
@@ -213,6 +276,8 @@ def render_html(rows: list, rollouts: list[dict], run: RunAggregate, title: str 
         run ([`RunAggregate`]): The aggregates ([`aggregate`]); every number in the summary, the charts and the
             per-question table is read from it.
         title (`str`, *optional*, defaults to `"gad report"`): Page title.
+        comparison ([`Comparison`], *optional*): The teacher comparison ([`compare`]) of the same records, shown in
+            a "Comparison" section after the summary; no such section when omitted.
     """
     records = to_node_records(rows)
     teachers = [t.teacher for t in run.teachers]
@@ -270,6 +335,7 @@ screening), {run.rollouts_spent} targeted continuations decoded. Intervals: {lev
 {_summary_table(run)}
 <p class="legend">{html.escape(legend(run))}</p>
 {charts}
+{_comparison_section(comparison)}
 <h2>Per question</h2>
 <p>Mean of node cosines (parameter space) per question; the pass rate is over the question's diagnosed rollouts,
 and intervals ({level}) resample those rollouts.</p>

@@ -66,6 +66,20 @@ def test_outcome_split_partitions_the_nodes_and_reports_each_side(default_run):
         print(f"{s.teacher}: pooled on incorrect {s.pooled_incorrect} vs on correct {s.pooled_correct}")
 
 
+def test_compare_ranks_the_teachers_of_the_default_run(default_run, capsys):
+    """`gad compare` answers "which teacher, and how sure" from the saved records; `gad report` ends with the same."""
+    assert main(["compare", str(default_run)]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert sorted(line.split()[1] for line in lines if line[:1].isdigit()) == sorted(TEACHERS)
+    pairs = [line for line in lines if " - " in line.split("[")[0] and line.split()[0] in TEACHERS]
+    assert len(pairs) == 6 and all("resolved" in line or "no significant difference" in line for line in pairs)
+    words = next(line for line in lines if line.startswith("in words: "))
+    assert "P(best)" in words and "Best: " in words
+    assert main(["report", str(default_run)]) == 0
+    assert printed.split("\n", 1)[1].strip() in capsys.readouterr().out
+
+
 def error_line(capsys) -> str:
     """The one line `gad` prints for a user error (library progress bars may precede it on stderr)."""
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gad: error:")]

@@ -10,8 +10,9 @@ Runs, in one launch: (1) a GKD run, a GOLD run distilling the cross-tokenizer te
 (JSD objective), the last two off-policy (`lmbda=0`: the callback then samples fresh rollouts), each with learning
 rate 0 and the callback at step 1 (weights and fresh rollouts are then the same in every setting, so per-node
 alignments must be too); (2) and (3) the same
-short DistillationTrainer, GOLD (ULD), IW-OPD and SDPO runs without and with the callback. Process 0 writes
-OUT_DIR/result.json (losses, a hash of the final weights, per trainer).
+short DistillationTrainer, GOLD (ULD), IW-OPD and SDPO runs without and with the callback; (4) a DistillationTrainer
+under the AlignmentRouter. Process 0 writes OUT_DIR/result.json (losses, a hash of the final weights, per trainer);
+every process writes OUT_DIR/route-rank<r>.json (the router's decisions as that process applied them).
 """
 
 import hashlib
@@ -32,7 +33,12 @@ from trl.experimental.gold import GOLDConfig, GOLDTrainer  # noqa: E402
 from trl.experimental.iw_opd import IWOPDConfig, IWOPDTrainer  # noqa: E402
 from trl.experimental.sdpo import SDPOConfig, SDPOTrainer  # noqa: E402
 
-from gad_callbacks import GradientAlignmentCallback, GradientAlignmentConfig  # noqa: E402
+from gad_callbacks import (  # noqa: E402
+    AlignmentRouter,
+    AlignmentRouterConfig,
+    GradientAlignmentCallback,
+    GradientAlignmentConfig,
+)
 from gad_callbacks.engine.verifiers import NumericAnswerReward  # noqa: E402
 from gad_callbacks.world import make_dataset  # noqa: E402
 from gad_callbacks.world.checkpoints import resolve_model  # noqa: E402
@@ -61,6 +67,7 @@ MODELS = {
         for kind in OBSERVED
         for with_callback in (False, True)
     },
+    "route": (load(STUDENT), load(TEACHER), load(STUDENT)),
 }
 COMMON = dict(
     bf16=False,
@@ -75,8 +82,8 @@ COMMON = dict(
 )
 
 
-def alignment_config():
-    return GradientAlignmentConfig(
+def alignment_config(config_class=GradientAlignmentConfig, **overrides):
+    settings = dict(
         alignment_every_n_steps=1,
         alignment_rollouts_per_pause=4,
         alignment_nodes_per_rollout=3,
@@ -87,6 +94,7 @@ def alignment_config():
             "answer:live={prompt} The answer is {answer}.",
         ],
     )
+    return config_class(**{**settings, **overrides})
 
 
 def weights_hash(trainer) -> str:
@@ -185,6 +193,38 @@ for kind in OBSERVED:
             "weights": weights_hash(trainer),
             "gad_rows": [r for r in trainer.state.log_history if "gad/nodes" in r],
         }
+
+# (4) The router: a DistillationTrainer choosing, at every step, between its teacher and the student's initial
+# weights (an extra teacher). Every process must train with the same choice: each writes what it applied.
+student, teacher, initial = MODELS["route"]
+routed = DistillationTrainer(
+    model=student,
+    teacher_model=teacher,
+    processing_class=TOKENIZER,
+    train_dataset=make_dataset(64).select_columns(["prompt", "answer", "solution"]),
+    args=DistillationConfig(
+        output_dir=f"{OUT}/route", max_steps=3, learning_rate=1e-3, max_completion_length=24, **COMMON
+    ),
+)
+router = AlignmentRouter(
+    routed,
+    # Start with the extra teacher: the trainer's own is swapped out from the first pause on, and must still be
+    # measured whole (under ZeRO-3 its parameters are gathered although it is no longer `trainer.teacher_model`).
+    alignment_config(AlignmentRouterConfig, alignment_self_contexts=[], router_initial="initial"),
+    teachers={"initial": (initial, TOKENIZER)},
+)
+routed.add_callback(router)
+routed.train()
+rank = routed.accelerator.process_index
+with open(f"{OUT}/route-rank{rank}.json", "w") as f:
+    json.dump(
+        {
+            "history": router.history,
+            "applied": routed.teacher_model is router.route.models[router.choice],
+            "rows": [r for r in routed.state.log_history if "gad/router/choice" in r],
+        },
+        f,
+    )
 
 if gkd.accelerator.is_main_process:
     results["world_size"] = gkd.accelerator.num_processes

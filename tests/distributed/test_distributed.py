@@ -80,3 +80,25 @@ def test_observed_run_is_bit_identical_with_the_callback(runs, setting, kind, st
     # The callback did pause (and diagnose) at every step, on every setting.
     assert [row["gad/nodes"] > 0 for row in with_cb["gad_rows"]] == [True] * steps
     assert all(row["gad/errors"] == 0 for row in with_cb["gad_rows"])
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_router_applies_the_same_decisions_on_every_process(runs, setting):
+    world = json.loads((runs[setting] / "result.json").read_text())["world_size"]
+    ranks = [json.loads((runs[setting] / f"route-rank{r}.json").read_text()) for r in range(world)]
+    history = ranks[0]["history"]
+    assert [step for step, _ in history] == [0, 1, 2, 3]  # before the first step, then every pause
+    assert all(r["history"] == history for r in ranks)  # one decision, applied everywhere
+    assert all(r["applied"] for r in ranks)  # the trainer's teacher is the chosen model on every process
+    rows = ranks[0]["rows"]
+    assert [row["gad/router/choice"] for row in rows] == [float(["teacher", "initial"].index(c)) for _, c in history]
+    assert all(row["gad/errors"] == 0 for row in rows)
+    # The trainer's own teacher was swapped out at the first pause (the router started with "initial"): it was still
+    # measured with whole parameters, so its per-node numbers are those of the single process.
+    if setting != "single":
+        reference, got = node_records(runs["single"], "route"), node_records(runs[setting], "route")
+        first = {k: v for k, v in reference.items() if v["step"] == 0 and k[2] == "teacher"}
+        assert first and sum(not math.isnan(r["param_cos"]) for r in first.values()) >= 2
+        for key, ref in first.items():
+            a, b = ref["param_cos"], got[key]["param_cos"]
+            assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-5, (setting, key, a, b)

@@ -21,6 +21,7 @@ RECIPES = {
     "iw_opd_with_alignment": ("iw_opd_default.yaml", ["teacher", "solution", "answer"]),
     "sdpo_with_alignment": ("sdpo_default.yaml", ["sdpo", "teacher", "solution", "answer"]),
 }
+ROUTED = {"route_teachers": ("route_teachers_default.yaml", ["solution", "answer", "hint"])}
 
 
 def tensorboard_tags(output_dir: Path) -> set[str]:
@@ -41,7 +42,7 @@ def recipe_command(recipe: str, output_dir: Path, *extra: str) -> list[str]:
         sys.executable,
         str(ROOT / "recipes" / f"{recipe}.py"),
         "--config",
-        str(ROOT / "configs" / RECIPES[recipe][0]),
+        str(ROOT / "configs" / {**RECIPES, **ROUTED}[recipe][0]),
         "--output_dir",
         str(output_dir),
         "--max_steps",
@@ -103,3 +104,17 @@ def test_recipe_resumes_from_a_checkpoint_with_each_step_once(tmp_path):
     rows = read_records(run / "records")
     keys = [(r["step"], r["rollout_id"], r["position"], r["teacher"]) for r in rows]
     assert len(keys) == len(set(keys))
+
+
+def test_router_recipe_trains_the_default_student_with_its_choices(tmp_path):
+    cmd = recipe_command("route_teachers", tmp_path)
+    done = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = find_runs(tmp_path)
+    rows = read_records(run / "records")
+    assert {r["teacher"] for r in rows} == set(ROUTED["route_teachers"][1])
+    assert {r["step"] for r in rows} == {0, 1, 2}  # measured before the first step, then at every pause
+    tags = tensorboard_tags(tmp_path)
+    assert {"train/gad/router/choice", "train/loss"} <= tags
+    assert {f"train/gad/router/prob/{c}" for c in ROUTED["route_teachers"][1]} <= tags
+    assert list(tmp_path.glob("*.safetensors"))
