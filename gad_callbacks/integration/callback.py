@@ -171,6 +171,7 @@ class GradientAlignmentCallback(TrainerCallback, ExportableState):
         loss, cfg, adapter, trainer = self.adapter.teacher_loss(), self.config, self.adapter, self.trainer
         sources, engines = [], []  # engines of our own teachers; the trainer's are looked up at each pause
         self._prepared = {}  # extra teacher models as prepared for the trainer, by name (the router trains with them)
+        self._extra_contexts = list(extra_contexts)  # the router's candidates on SDFT, with the config's
         if cfg.alignment_trainer_teacher:
             source = adapter.trainer_teacher(cfg.alignment_trainer_teacher)
             # The trainer's external teacher: its tokenizer must match too, unless the trainer's loss aligns the two

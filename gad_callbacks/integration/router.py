@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..method.stats import best_probabilities, joint_pooled
-from ..method.streams import derive_seed
+from ..method.streams import stream
 from ..outputs.compare import node_matrix
 from ..outputs.records import to_node_records
 from .adapters import DistillationAdapter, GKDAdapter, SDFTAdapter
@@ -82,11 +82,7 @@ def pooled_by_candidate(rows, candidates: list[str], num_bootstrap: int, generat
     Pooled alignment (parameter space) of every candidate on the nodes of `rows`, and their joint bootstrap
     replicates ([`joint_pooled`]), clustered as every other aggregate: `gad compare`'s ranking, on a pause's rows.
     """
-    records = to_node_records(rows)
-    if not records:
-        nan = torch.full((len(candidates),), float("nan"), dtype=torch.float64)
-        return nan, torch.empty(0, len(candidates), dtype=torch.float64)
-    nodes = node_matrix(records, candidates)
+    nodes = node_matrix(to_node_records(rows), candidates)
     return joint_pooled(
         nodes.proj,
         nodes.norm2,
@@ -113,7 +109,7 @@ def choose(points, replicates, strategy: str, current: int, generator: torch.Gen
     if bool(torch.isnan(points).all()):
         one_hot[current] = 1.0
         return current, one_hot
-    if strategy == "thompson" and len(replicates):
+    if strategy == "thompson":
         probabilities = best_probabilities(replicates)
         if not bool(torch.isnan(probabilities).any()):
             return int(torch.multinomial(probabilities, 1, generator=generator)), probabilities
@@ -221,11 +217,7 @@ class AlignmentRouter(GradientAlignmentCallback):
         return _ModelRoute(self.trainer, models)
 
     def _contexts(self):
-        return list(self.config.self_contexts) + list(getattr(self, "_extra_contexts", []))
-
-    def _build_teachers(self, extra_models, extra_contexts):
-        self._extra_contexts = list(extra_contexts)
-        return super()._build_teachers(extra_models, extra_contexts)
+        return list(self.config.self_contexts) + self._extra_contexts
 
     def _start(self) -> None:
         initial = self.config.router_initial or self.candidates[0]
@@ -265,7 +257,7 @@ class AlignmentRouter(GradientAlignmentCallback):
             self._window = ([result.rows] + self._window)[: self.config.router_window]
             try:
                 rows = [row for rows in self._window for row in rows]
-                generator = torch.Generator().manual_seed(derive_seed(self.config.alignment_seed, "router", step))
+                generator = stream(self.config.alignment_seed, "router", step)
                 points, replicates = pooled_by_candidate(
                     rows, self.candidates, self.config.alignment_num_bootstrap, generator
                 )

@@ -83,18 +83,23 @@ def _cluster_ids(clusters, keep: torch.Tensor) -> torch.Tensor:
     return torch.tensor([index.setdefault(c, len(index)) for c in labels], dtype=torch.long)
 
 
+def _resample_counts(n_clusters: int, num_bootstrap: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`[num_bootstrap, n_clusters]`: how often each cluster is drawn in each replicate (draws with replacement)."""
+    if generator is None:  # never the global RNG: a training run's streams must not move, and results repeat
+        generator = torch.Generator().manual_seed(0)
+    pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
+    counts = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
+    return counts.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+
+
 def _cluster_bootstrap(columns, ids, statistic, num_bootstrap, generator):
     """
     Replicates of `statistic(*column_sums, weights)` with whole clusters resampled: each column is summed per
     cluster once, then every replicate is a weighted sum over clusters (weights = how often each was drawn).
     """
     n_clusters = int(ids.max()) + 1
-    if generator is None:  # never the global RNG: a training run's streams must not move, and results repeat
-        generator = torch.Generator().manual_seed(0)
     sums = [torch.zeros(n_clusters, dtype=torch.float64).index_add_(0, ids, c) for c in columns]
-    pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
-    weights = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
-    weights.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+    weights = _resample_counts(n_clusters, num_bootstrap, generator)
     return statistic(*[weights @ s for s in sums])
 
 
@@ -283,11 +288,7 @@ def joint_pooled(
     n_clusters = int(ids.max()) + 1
     if n_clusters < 2:
         return points, torch.empty(0, n_teachers, dtype=torch.float64)
-    if generator is None:  # never the global RNG
-        generator = torch.Generator().manual_seed(0)
-    pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
-    drawn = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
-    drawn.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+    drawn = _resample_counts(n_clusters, num_bootstrap, generator)
     sums = [torch.zeros(n_teachers, n_clusters, dtype=torch.float64).index_add_(1, ids, c) for c in columns]
     return points, _pooled(*[drawn @ s.T for s in sums])
 
@@ -363,10 +364,6 @@ def rank_correlation(
     n_clusters = int(ids.max()) + 1
     if n_clusters < 2 or math.isnan(point):
         return Summary(point, nan, nan, n, int((~defined).sum()), n_clusters, confidence)
-    if generator is None:  # never the global RNG
-        generator = torch.Generator().manual_seed(0)
-    pick = torch.randint(0, n_clusters, (num_bootstrap, n_clusters), generator=generator)
-    drawn = torch.zeros(num_bootstrap, n_clusters, dtype=torch.float64)
-    drawn.scatter_add_(1, pick, torch.ones_like(pick, dtype=torch.float64))
+    drawn = _resample_counts(n_clusters, num_bootstrap, generator)
     lo, hi = percentile_interval(_weighted_spearman(x, y, drawn[:, ids] * w), confidence, bounds=(-1.0, 1.0))
     return Summary(point, float(lo), float(hi), n, int((~defined).sum()), n_clusters, confidence)

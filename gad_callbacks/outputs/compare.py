@@ -235,7 +235,7 @@ def _slice(
     # summary table's streams where it shows the same number (pooled overall and by outcome, paired difference with
     # the first teacher overall), so both faces print it to the last digit.
     _, reps = joint_pooled(proj, norm2, **common, generator=stream(seed, "compare", "ranking", key))
-    p_best = best_probabilities(reps) if reps.shape[0] else torch.full((len(teachers),), math.nan)
+    p_best = best_probabilities(reps)  # NaN without replicates (fewer than two clusters)
     common["confidence"] = settings["confidence"]
     ranking = [
         Ranked(
